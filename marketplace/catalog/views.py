@@ -1,0 +1,144 @@
+"""HTML pages for creators: upload, my uploads, an image's page, editing, withdrawal, files."""
+
+import mimetypes
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.core.paginator import Paginator
+from django.http import FileResponse, Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from marketplace.catalog import licences, selectors, services
+from marketplace.catalog.forms import AssetMetadataForm
+
+# URL name of each downloadable file -> (model field, sent as attachment)
+FILE_KINDS = {
+    "thumbnail": ("thumbnail", False),
+    "preview": ("preview", False),
+    "delivery": ("delivery", True),
+    "original": ("original", True),
+    "model-release": ("model_release", True),
+    "property-release": ("property_release", True),
+}
+
+
+@login_required
+def upload(request):
+    if not request.user.is_creator:
+        return render(request, "catalog/creator_required.html", status=403)
+    context = {
+        "licences": licences.LICENCES,
+        "max_bytes": settings.UPLOAD_MAX_BYTES,
+        "min_short_side": settings.UPLOAD_MIN_SHORT_SIDE,
+    }
+    return render(request, "catalog/upload.html", context)
+
+
+@login_required
+def my_uploads(request):
+    own = selectors.visible_assets(request.user).filter(owner=request.user)
+    filters = {key: request.GET.get(key, "").strip() for key in ("status", "licence", "consent", "tag", "q")}
+    assets = selectors.filter_assets(
+        own,
+        status=filters["status"],
+        licence=filters["licence"],
+        consent=filters["consent"],
+        tag=filters["tag"],
+        search=filters["q"],
+    )
+    page = Paginator(assets, 48).get_page(request.GET.get("page"))
+    context = {
+        "page": page,
+        "filters": filters,
+        "counts": selectors.status_counts(own),
+        "tags": selectors.tags_in_use(own),
+        "licences": licences.LICENCES,
+        "total": own.count(),
+    }
+    return render(request, "catalog/my_uploads.html", context)
+
+
+@login_required
+def asset_detail(request, pk):
+    asset = selectors.get_visible_asset(request.user, pk)
+    return render(request, "catalog/asset_detail.html", {"asset": asset, "events": asset.events.all()})
+
+
+@login_required
+def asset_edit(request, pk):
+    asset = selectors.get_visible_asset(request.user, pk)
+    if asset.is_withdrawn:
+        messages.error(request, "This image was withdrawn; it can no longer be changed.")
+        return redirect("catalog:asset", pk=asset.pk)
+    initial = {
+        "title": asset.title,
+        "description": asset.description,
+        "tags": ", ".join(asset.tag_names),
+        "licence": asset.licence,
+        "ai_training_consent": asset.ai_training_consent,
+        "rights_override_confirmed": asset.rights_override_confirmed_at is not None,
+        "people_identifiable": asset.people_identifiable,
+    }
+    form = AssetMetadataForm(request.POST or None, request.FILES or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        changes, releases = form.split()
+        try:
+            services.update_asset_metadata(asset, actor=request.user, changes=changes, releases=releases)
+        except ValidationError as error:
+            form.add_service_errors(error)
+        else:
+            messages.success(request, "Saved.")
+            return redirect("catalog:asset", pk=asset.pk)
+    return render(request, "catalog/asset_edit.html", {"asset": asset, "form": form})
+
+
+@login_required
+def asset_withdraw(request, pk):
+    asset = selectors.get_visible_asset(request.user, pk)
+    if request.method == "POST":
+        services.withdraw_asset(asset, actor=request.user)
+        messages.success(request, "Withdrawn: the image will not be in any future pack.")
+        return redirect("catalog:asset", pk=asset.pk)
+    return render(request, "catalog/asset_withdraw.html", {"asset": asset})
+
+
+@login_required
+@require_POST
+def asset_retry(request, pk):
+    asset = selectors.get_visible_asset(request.user, pk)
+    services.retry_processing(asset, actor=request.user)
+    messages.success(request, "Processing was queued again.")
+    return redirect("catalog:asset", pk=asset.pk)
+
+
+@login_required
+def asset_file(request, pk, kind):
+    """Stream one of an asset's files to its owner or staff; media have no public URL."""
+    if kind not in FILE_KINDS:
+        raise Http404("No such file.")
+    asset = selectors.get_visible_asset(request.user, pk)
+    field_name, as_attachment = FILE_KINDS[kind]
+    stored = getattr(asset, field_name)
+    if not stored:
+        raise Http404("This file is not ready.")
+    content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
+    extension = stored.name.rsplit(".", 1)[-1]
+    response = FileResponse(
+        default_storage.open(stored.name, "rb"),
+        content_type=content_type,
+        as_attachment=as_attachment,
+        filename=f"asset-{asset.pk}-{kind}.{extension}",
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    # A file is data, never a page: no scripts, no plugins, even if a browser guessed wrong.
+    response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    return response
+
+
+def licence_list(request):
+    return render(request, "catalog/licences.html", {"licences": licences.LICENCES})
+

@@ -1,0 +1,65 @@
+"""Run the web server and a Celery worker together; Ctrl-C stops both cleanly."""
+
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Start the web server and a Celery worker; stop both on Ctrl-C or when either exits."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000", help="Address for the web server.")
+        parser.add_argument("--concurrency", type=int, default=2, help="Worker processes.")
+
+    def handle(self, *args, addr, concurrency, **options):
+        python = sys.executable
+        commands = {
+            "web": [python, "manage.py", "runserver", addr, "--noreload"],
+            "worker": [
+                python, "-m", "celery", "-A", "marketplace", "worker",
+                "--loglevel=INFO", f"--concurrency={concurrency}", "--queues=celery",
+            ],
+        }  # fmt: skip
+        # Children get their own session: this process alone decides how they stop.
+        children = {
+            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True)
+            for name, cmd in commands.items()
+        }
+        stopping = False
+
+        def stop(signum=None, frame=None):
+            nonlocal stopping
+            if stopping:
+                return
+            stopping = True
+            self.stdout.write("\nStopping web server and worker…")
+            for child in children.values():
+                if child.poll() is None:
+                    child.send_signal(signal.SIGTERM)  # Celery: warm shutdown, finishes its task
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        self.stdout.write(self.style.SUCCESS(f"Marketplace on http://{addr}/ (Ctrl-C stops it)"))
+        exit_code = 0
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    self.stderr.write(f"The {name} process exited ({child.returncode}); stopping.")
+                    exit_code = child.returncode or 1
+                    stop()
+                    break
+            time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        self.stdout.write("Stopped.")
+        sys.exit(exit_code)

@@ -1,0 +1,14 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("", include("marketplace.core.urls")),
+    path("accounts/", include("marketplace.accounts.urls")),
+    path("", include("marketplace.catalog.urls")),
+    path("api/", include("marketplace.accounts.api_urls")),
+    path("api/", include("marketplace.catalog.api_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,94 @@
+import io
+from pathlib import Path
+
+import pytest
+from django.core.cache import cache
+from PIL import Image
+
+from marketplace import celery_app
+from marketplace.accounts.services import register_user
+from marketplace.core.photos import load_photo
+
+
+@pytest.fixture(autouse=True, scope="session")
+def eager_celery():
+    """Tasks run in-process in tests; one test runs a real worker (test_worker.py)."""
+    celery_app.conf.task_always_eager = True
+    celery_app.conf.task_eager_propagates = True
+    yield
+
+
+@pytest.fixture(autouse=True)
+def media_root(tmp_path, settings) -> Path:
+    root = tmp_path / "media"
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {"BACKEND": "marketplace.core.storage.AtomicFileSystemStorage", "OPTIONS": {"location": str(root)}},
+    }
+    return root
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    cache.clear()
+    yield
+    cache.clear()
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def _user(username, **roles):
+    return register_user(
+        username=username, email=f"{username}@example.com", password="correct horse battery", **roles
+    )
+
+
+@pytest.fixture
+def alice(db):
+    """A creator."""
+    return _user("alice", is_creator=True, is_buyer=False, display_name="Alice Photo")
+
+
+@pytest.fixture
+def bob(db):
+    """Another creator."""
+    return _user("bob", is_creator=True, is_buyer=False)
+
+
+@pytest.fixture
+def carol(db):
+    """A buyer."""
+    return _user("carol", is_creator=False, is_buyer=True)
+
+
+@pytest.fixture
+def staff(db):
+    user = _user("sam", is_creator=False, is_buyer=False)
+    user.is_staff = True
+    user.save()
+    return user
+
+
+def photo_bytes(name="astronaut", fmt="JPEG", *, min_short_side=600, exif=None, size=None, **save_args) -> bytes:
+    image = load_photo(name, min_short_side=min_short_side)
+    if size:
+        image = image.resize(size)
+    buffer = io.BytesIO()
+    if exif is not None:
+        save_args["exif"] = exif
+    if fmt == "JPEG":
+        save_args.setdefault("quality", 90)
+    image.save(buffer, fmt, **save_args)
+    return buffer.getvalue()
+
+
+def gps_exif() -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x010F] = "TestCam"
+    exif[0x0110] = "T-100"
+    gps = exif.get_ifd(0x8825)
+    gps[1], gps[2] = "N", (51.0, 30.0, 12.0)
+    gps[3], gps[4] = "W", (0.0, 7.0, 39.0)
+    return exif

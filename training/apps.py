@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class TrainingConfig(AppConfig):
+    """Fine-tuning runs on purchased packs. The Django-free engine lives in training.engine."""
+
+    name = "training"
