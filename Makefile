@@ -25,6 +25,10 @@ run: install
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 bench: install
 	$(PY) bench/ingest.py
 

@@ -3,8 +3,9 @@
     .venv/bin/python bench/ingest.py [--images N] [--repeat R]
 
 Builds N 12-megapixel (4000x3000) JPEGs at quality 92 from real photographs shipped with
-scikit-image, tiled at about their native resolution so the files carry real photographic
-detail, with camera EXIF and a GPS position. Then, in this process, pinned to one CPU, it times
+scikit-image, tiled in rows of 500 px (about their native resolution, so the files carry real
+photographic detail), with camera EXIF and a GPS position. Then, in this process, pinned to one
+CPU and alternating image by image, it times
 
   (a) ours:  catalog.imaging.prepare_image, then writing thumbnail, preview and delivery copy;
   (b) naive: full decode, exif_transpose, thumbnail 1280 and 320 from the full image,
@@ -12,7 +13,9 @@ detail, with camera EXIF and a GPS position. Then, in this process, pinned to on
              the EXIF minus GPS, writing the three files (and the same SHA-256 of the upload).
 
 It also checks that every delivery copy of ours carries no GPS and decodes to exactly the
-original's pixels. The target (issue): ours >= 5x the naive pipeline's images/second.
+original's pixels. The target (issue): ours >= 5x the naive pipeline's images/second. The verdict
+uses CPU time, which a busy neighbour on a shared machine barely moves; wall-clock figures are
+printed too and agree with it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ def load_photos() -> list[Image.Image]:
 
 
 def tiled_photo(photos: list[Image.Image], index: int) -> Image.Image:
-    """A 4000x3000 mosaic of real photos in rows of 750 px, so the JPEG holds real detail."""
+    """A 4000x3000 mosaic of real photos in rows of 500 px, so the JPEG holds real detail."""
     canvas = Image.new("RGB", SIZE)
-    row_height = 750
+    row_height = 500
     for row, top in enumerate(range(0, SIZE[1], row_height)):
         left, k = 0, index + row
         while left < SIZE[0]:
@@ -143,7 +146,7 @@ def measure(images: list[bytes], repeat: int, out_dir: Path) -> tuple[dict, dict
 
 
 def check_delivery(images: list[bytes]) -> list[str]:
-    """Problems with our delivery copies: GPS left behind, or pixels not identical."""
+    """Problems with our delivery copies: GPS left behind, or pixels / compressed scans not identical."""
     problems = []
     for index, data in enumerate(images):
         delivery = prepare_image(data).delivery
@@ -153,6 +156,8 @@ def check_delivery(images: list[bytes]) -> list[str]:
             with Image.open(io.BytesIO(data)) as original:
                 if not np.array_equal(np.asarray(original), np.asarray(copy)):
                     problems.append(f"image {index}: pixels differ from the original")
+        if delivery[delivery.index(b"\xff\xda") :] != data[data.index(b"\xff\xda") :]:
+            problems.append(f"image {index}: compressed scan data was rewritten")
     return problems
 
 
@@ -171,8 +176,10 @@ def main() -> int:
         folder = Path(tmp)
         images = build_images(args.images, folder)
         mean_mb = sum(map(len, images)) / len(images) / 1e6
-        print(f"{len(images)} JPEGs, {SIZE[0]}x{SIZE[1]}, quality 92, mean {mean_mb:.1f} MB; "
-              f"{args.repeat} passes, 1 core (pid affinity {sorted(os.sched_getaffinity(0))})")
+        print(
+            f"{len(images)} JPEGs, {SIZE[0]}x{SIZE[1]}, quality 92, mean {mean_mb:.1f} MB; "
+            f"{args.repeat} passes, 1 core (pid affinity {sorted(os.sched_getaffinity(0))})"
+        )
 
         seconds, hashes = measure(images, args.repeat, folder)
         problems = check_delivery(images)
@@ -182,14 +189,19 @@ def main() -> int:
     cpu = {name: runs / spent[1] for name, spent in seconds.items()}
     ratio, cpu_ratio = wall["ours"] / wall["naive"], cpu["ours"] / cpu["naive"]
     for name in ("ours", "naive"):
-        print(f"{name:5}: {wall[name]:6.2f} images/s ({1000 / wall[name]:6.1f} ms/image wall clock; "
-              f"{cpu[name]:6.2f} images/s by CPU time)")
-    print(f"ratio: {ratio:.2f}x wall clock, {cpu_ratio:.2f}x CPU time (target >= {TARGET_RATIO:.0f}x) -> "
-          f"{'PASS' if ratio >= TARGET_RATIO else 'FAIL'}")
+        print(
+            f"{name:5}: {wall[name]:6.2f} images/s ({1000 / wall[name]:6.1f} ms/image wall clock; "
+            f"{cpu[name]:6.2f} images/s by CPU time)"
+        )
+    print(
+        f"ratio: {cpu_ratio:.2f}x by CPU time, {ratio:.2f}x wall clock (target >= {TARGET_RATIO:.0f}x) -> "
+        f"{'PASS' if cpu_ratio >= TARGET_RATIO else 'FAIL'}"
+    )
     distances = [hamming(a, b) for a, b in zip(hashes["ours"], hashes["naive"], strict=True)]
     print(f"pHash from our thumbnail vs from the full image: max Hamming distance {max(distances)} of 64")
-    print("delivery copies: " + ("no GPS, pixels identical to the originals" if not problems else "; ".join(problems)))
-    return 0 if ratio >= TARGET_RATIO and not problems else 1
+    verdict = "; ".join(problems) or "no GPS; pixels and scan bytes identical to the originals"
+    print(f"delivery copies: {verdict}")
+    return 0 if cpu_ratio >= TARGET_RATIO and not problems else 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ broker, all under var/); production sets DATABASE_URL, CELERY_BROKER_URL, SECRET
 ALLOWED_HOSTS and the storage variables (see README).
 """
 
+import os
 from pathlib import Path
 
 import dj_database_url
@@ -106,6 +107,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "timeout": 20,
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
+    # Tests use a file too (one per test process): an in-memory database is one connection
+    # shared by every thread, which breaks the live server's parallel requests.
+    DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (login rate limits live here: it must be shared by all web processes) --

@@ -1,8 +1,8 @@
 import io
+import uuid
 from pathlib import Path
 
 import pytest
-from django.core.cache import cache
 from PIL import Image
 
 from marketplace import celery_app
@@ -29,10 +29,11 @@ def media_root(tmp_path, settings) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def fresh_cache():
-    cache.clear()
+def fresh_cache(settings):
+    """Each test gets its own key space in the configured cache (file or Redis), so
+    test runs side by side cannot see each other's log-in failure counters."""
+    settings.CACHES = {"default": {**settings.CACHES["default"], "KEY_PREFIX": f"test-{uuid.uuid4().hex}"}}
     yield
-    cache.clear()
 
 
 def stored_files(root: Path) -> list[Path]:
@@ -40,9 +41,7 @@ def stored_files(root: Path) -> list[Path]:
 
 
 def _user(username, **roles):
-    return register_user(
-        username=username, email=f"{username}@example.com", password="correct horse battery", **roles
-    )
+    return register_user(username=username, email=f"{username}@example.com", password="correct horse battery", **roles)
 
 
 @pytest.fixture

@@ -183,8 +183,12 @@ def test_capture_time_without_offset_is_naive():
 
 
 def test_iptc_byline_and_copyright_are_used_without_xmp():
-    data = with_iptc(jpeg(exif=camera_exif(artist="Exif Artist")), iptc_dataset(80, "Zoë Photographer"),
-                     iptc_dataset(80, "Second Byline"), iptc_dataset(116, "© Zoë"))
+    data = with_iptc(
+        jpeg(exif=camera_exif(artist="Exif Artist")),
+        iptc_dataset(80, "Zoë Photographer"),
+        iptc_dataset(80, "Second Byline"),
+        iptc_dataset(116, "© Zoë"),
+    )
 
     meta = read_embedded_metadata(data)
 
@@ -316,8 +320,11 @@ def test_rights_survive_stripping(tagged_jpeg):
 
     assert after.has_location is False
     assert (after.creator, after.copyright, after.data_mining) == (before.creator, before.copyright, before.data_mining)
-    assert (after.camera_model, after.lens_model, after.captured_at) == (before.camera_model, before.lens_model,
-                                                                         before.captured_at)
+    assert (after.camera_model, after.lens_model, after.captured_at) == (
+        before.camera_model,
+        before.lens_model,
+        before.captured_at,
+    )
 
 
 def test_rewritten_xmp_is_a_well_formed_packet(tagged_jpeg):
@@ -411,8 +418,7 @@ def test_png_delivery_loses_location_with_valid_chunks():
 
     stripped = strip_location(data)
 
-    assert stripped.lossless and set(stripped.removed) == {"EXIF GPS position", "XMP location",
-                                                           "Raw profile type exif"}
+    assert stripped.lossless and set(stripped.removed) == {"EXIF GPS position", "XMP location", "Raw profile type exif"}
     assert_no_gps(stripped.data)
     assert all(zlib.crc32(kind + payload) == crc for kind, payload, crc in png_chunks(stripped.data))
     assert np.array_equal(pixels(stripped.data), pixels(data))

@@ -99,7 +99,7 @@ def test_camera_metadata_is_reported_and_kept_in_the_delivery_copy(prepared):
 def test_derived_files_look_like_the_original(upload, prepared):
     original = opened(upload).convert("RGB")
     expected = np.asarray(original.resize((320, 213), Image.Resampling.LANCZOS), dtype=float)
-    assert np.abs(np.asarray(opened(prepared.thumbnail), dtype=float) - expected).mean() < 6
+    assert np.abs(np.asarray(opened(prepared.thumbnail), dtype=float) - expected).mean() < 8  # of 255
 
     phash = imagehash.hex_to_hash(prepared.phash)
     assert len(prepared.phash) == 16

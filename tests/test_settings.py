@@ -56,7 +56,10 @@ def test_the_embedded_default_needs_no_configuration(tmp_path):
     assert result.returncode == 0, result.stderr
     var = tmp_path / "var"
     assert result.stdout.split() == [
-        "django.db.backends.sqlite3", str(var / "db.sqlite3"), "filesystem://localhost//", str(var / "media")
+        "django.db.backends.sqlite3",
+        str(var / "db.sqlite3"),
+        "filesystem://localhost//",
+        str(var / "media"),
     ]
     assert (var / "secret_key").exists() and (var / "celery" / "queue").is_dir()
 

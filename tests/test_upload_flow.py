@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.db import IntegrityError
 from PIL import Image
 from rest_framework.test import APIClient
 
-from marketplace.catalog import services
+from marketplace.catalog import services, tasks
 from marketplace.catalog.models import Asset, AssetEvent
 from tests.conftest import gps_exif, photo_bytes, stored_files
 
@@ -172,7 +173,11 @@ def test_a_model_release_is_required_when_people_are_identifiable(upload, client
 
 def test_metadata_at_upload_time(upload):
     asset = upload(
-        photo_bytes("rocket"), title="Launch", tags="space, Rocket ,space", licence="cc-by-4.0", ai_training_consent="true"
+        photo_bytes("rocket"),
+        title="Launch",
+        tags="space, Rocket ,space",
+        licence="cc-by-4.0",
+        ai_training_consent="true",
     )
     assert asset.title == "Launch"
     assert sorted(asset.tag_names) == ["rocket", "space"]
@@ -266,3 +271,64 @@ def test_a_database_failure_after_the_file_was_stored_removes_the_file(alice, me
         services.upload_asset(owner=alice, uploaded_file=SimpleUploadedFile("photo.jpg", photo_bytes("rocket")))
     assert Asset.objects.count() == 0
     assert stored_files(media_root) == []
+
+
+# --- the Celery task ------------------------------------------------------------------------
+
+
+def test_transient_errors_are_retried_then_reported(upload, monkeypatch):
+    asset = upload(photo_bytes("rocket"))
+    Asset.objects.filter(pk=asset.pk).update(status=Asset.Status.PROCESSING)
+    attempts = []
+
+    def storage_down(asset_id):
+        attempts.append(asset_id)
+        raise ConnectionError("storage unreachable")
+
+    monkeypatch.setattr(services, "prepare_asset", storage_down)
+    # Not propagating, eager Celery runs the retries at once, as a worker would run them later.
+    monkeypatch.setitem(tasks.prepare_asset.app.conf, "task_eager_propagates", False)
+    result = tasks.prepare_asset.apply(args=[asset.pk])
+    assert isinstance(result.result, ConnectionError)
+    asset.refresh_from_db()
+    assert len(attempts) == tasks.MAX_RETRIES + 1
+    assert asset.status == Asset.Status.FAILED
+    assert asset.failure_reason == "Processing kept failing (ConnectionError); use “Retry processing” to try again."
+
+
+def test_a_transient_error_that_clears_up_ends_ready(upload, monkeypatch):
+    asset = upload(photo_bytes("rocket"))
+    Asset.objects.filter(pk=asset.pk).update(status=Asset.Status.PROCESSING)
+    real_prepare, calls = services.prepare_asset, []
+
+    def flaky(asset_id):
+        calls.append(asset_id)
+        if len(calls) < 3:
+            raise TimeoutError("slow disk")
+        return real_prepare(asset_id)
+
+    monkeypatch.setattr(services, "prepare_asset", flaky)
+    monkeypatch.setitem(tasks.prepare_asset.app.conf, "task_eager_propagates", False)
+    assert tasks.prepare_asset.apply(args=[asset.pk]).successful()
+    asset.refresh_from_db()
+    assert asset.status == Asset.Status.READY and len(calls) == 3
+
+
+def test_retry_processing_from_the_asset_page(upload, client, django_capture_on_commit_callbacks):
+    asset = upload(photo_bytes("rocket"))
+    Asset.objects.filter(pk=asset.pk).update(status=Asset.Status.FAILED, failure_reason="disk full")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(f"/assets/{asset.pk}/retry/")
+    assert response.status_code == 302
+    asset.refresh_from_db()
+    assert asset.status == Asset.Status.READY and asset.failure_reason == ""
+
+
+def test_the_requeue_command_picks_up_lost_tasks(upload, django_capture_on_commit_callbacks):
+    asset = upload(photo_bytes("rocket"))
+    Asset.objects.filter(pk=asset.pk).update(status=Asset.Status.PROCESSING)  # as if its message was lost
+    out = io.StringIO()
+    call_command("prepare_assets", stdout=out)
+    assert out.getvalue().strip() == "Queued 1 image(s)."
+    asset.refresh_from_db()
+    assert asset.status == Asset.Status.READY

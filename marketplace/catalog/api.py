@@ -147,7 +147,9 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         changes, releases = serializer.split()
         uploaded = changes.pop("file", None)
         if uploaded is None:
-            return Response({"code": "no_file", "detail": "No file was sent.", "file": ["No file was sent."]}, status=400)
+            return Response(
+                {"code": "no_file", "detail": "No file was sent.", "file": ["No file was sent."]}, status=400
+            )
         try:
             asset = services.upload_asset(
                 owner=request.user, uploaded_file=uploaded, metadata=changes, releases=releases
@@ -203,7 +205,9 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if missing:
             return Response({"ids": [f"No such image: {', '.join(map(str, missing))}."]}, status=400)
         try:
-            updated = services.bulk_update_metadata(actor=request.user, assets=assets, changes=changes, releases=releases)
+            updated = services.bulk_update_metadata(
+                actor=request.user, assets=assets, changes=changes, releases=releases
+            )
         except DjangoPermissionDenied as denied:
             raise PermissionDenied(str(denied)) from None
         except DjangoValidationError as error:

@@ -16,7 +16,9 @@ class AssetMetadataForm(forms.Form):
         label="I hold the rights to this image and override the AI-training prohibition in its embedded metadata",
     )
     people_identifiable = forms.BooleanField(required=False, label="People are identifiable in this image")
-    model_release = forms.FileField(required=False, help_text="PDF, JPEG or PNG; required when people are identifiable.")
+    model_release = forms.FileField(
+        required=False, help_text="PDF, JPEG or PNG; required when people are identifiable."
+    )
     property_release = forms.FileField(required=False, help_text="Optional. PDF, JPEG or PNG.")
 
     RELEASES = ("model_release", "property_release")

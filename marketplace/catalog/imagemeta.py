@@ -223,8 +223,7 @@ def _webp_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 
 def _webp_bytes(chunks: list[tuple[bytes, bytes]]) -> bytes:
     body = b"".join(
-        fourcc + struct.pack("<I", len(payload)) + payload + b"\x00" * (len(payload) & 1)
-        for fourcc, payload in chunks
+        fourcc + struct.pack("<I", len(payload)) + payload + b"\x00" * (len(payload) & 1) for fourcc, payload in chunks
     )
     return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
 
@@ -343,8 +342,15 @@ _IRB_IPTC_DIGEST = 0x0425
 _IRB_EXIF = 0x0422
 _IRB_XMP = 0x0424
 # IIM record 2 datasets that say where the photo was taken or what place it shows.
-_IIM_LOCATION = {26: "location code", 27: "location name", 90: "city", 92: "sub-location",
-                 95: "province/state", 100: "country code", 101: "country"}
+_IIM_LOCATION = {
+    26: "location code",
+    27: "location name",
+    90: "city",
+    92: "sub-location",
+    95: "province/state",
+    100: "country code",
+    101: "country",
+}
 _IIM_BYLINE, _IIM_COPYRIGHT = 80, 116
 
 
@@ -534,18 +540,32 @@ _IPTC_CORE = "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"
 _IPTC_EXT = "http://iptc.org/std/Iptc4xmpExt/2008-02-29/"
 _XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 _XMP_LOCATION = {
-    f"{{{_PHOTOSHOP}}}City", f"{{{_PHOTOSHOP}}}State", f"{{{_PHOTOSHOP}}}Country",
-    f"{{{_IPTC_CORE}}}Location", f"{{{_IPTC_CORE}}}CountryCode",
-    f"{{{_IPTC_EXT}}}LocationCreated", f"{{{_IPTC_EXT}}}LocationShown",
+    f"{{{_PHOTOSHOP}}}City",
+    f"{{{_PHOTOSHOP}}}State",
+    f"{{{_PHOTOSHOP}}}Country",
+    f"{{{_IPTC_CORE}}}Location",
+    f"{{{_IPTC_CORE}}}CountryCode",
+    f"{{{_IPTC_EXT}}}LocationCreated",
+    f"{{{_IPTC_EXT}}}LocationShown",
 }
 _XMP_PREFIXES = {
-    "x": "adobe:ns:meta/", "rdf": _RDF, "dc": _DC, "plus": _PLUS, "photoshop": _PHOTOSHOP,
-    "Iptc4xmpCore": _IPTC_CORE, "Iptc4xmpExt": _IPTC_EXT,
-    "xmp": "http://ns.adobe.com/xap/1.0/", "xmpRights": "http://ns.adobe.com/xap/1.0/rights/",
-    "xmpMM": "http://ns.adobe.com/xap/1.0/mm/", "stEvt": "http://ns.adobe.com/xap/1.0/sType/ResourceEvent#",
-    "stRef": "http://ns.adobe.com/xap/1.0/sType/ResourceRef#", "tiff": "http://ns.adobe.com/tiff/1.0/",
-    "exif": "http://ns.adobe.com/exif/1.0/", "exifEX": "http://cipa.jp/exif/1.0/",
-    "aux": "http://ns.adobe.com/exif/1.0/aux/", "crs": "http://ns.adobe.com/camera-raw-settings/1.0/",
+    "x": "adobe:ns:meta/",
+    "rdf": _RDF,
+    "dc": _DC,
+    "plus": _PLUS,
+    "photoshop": _PHOTOSHOP,
+    "Iptc4xmpCore": _IPTC_CORE,
+    "Iptc4xmpExt": _IPTC_EXT,
+    "xmp": "http://ns.adobe.com/xap/1.0/",
+    "xmpRights": "http://ns.adobe.com/xap/1.0/rights/",
+    "xmpMM": "http://ns.adobe.com/xap/1.0/mm/",
+    "stEvt": "http://ns.adobe.com/xap/1.0/sType/ResourceEvent#",
+    "stRef": "http://ns.adobe.com/xap/1.0/sType/ResourceRef#",
+    "tiff": "http://ns.adobe.com/tiff/1.0/",
+    "exif": "http://ns.adobe.com/exif/1.0/",
+    "exifEX": "http://cipa.jp/exif/1.0/",
+    "aux": "http://ns.adobe.com/exif/1.0/aux/",
+    "crs": "http://ns.adobe.com/camera-raw-settings/1.0/",
     "photomechanic": "http://ns.camerabits.com/photomechanic/1.0/",
     "xmpDM": "http://ns.adobe.com/xmp/1.0/DynamicMedia/",
 }
@@ -865,8 +885,10 @@ def _strip_webp(data: bytes) -> tuple[list[str], bytes]:
         removed += what
         kept.append((fourcc, payload if new_payload is None else new_payload))
     if cleared_flags:
-        kept = [(fourcc, _vp8x_without(payload, cleared_flags) if fourcc == b"VP8X" else payload)
-                for fourcc, payload in kept]
+        kept = [
+            (fourcc, _vp8x_without(payload, cleared_flags) if fourcc == b"VP8X" else payload)
+            for fourcc, payload in kept
+        ]
     return removed, _webp_bytes(kept)
 
 

@@ -4,7 +4,7 @@ Built for speed on one core, because every upload goes through it:
 - JPEGs are decoded with libjpeg's DCT-domain scaling (``Image.draft``) at the smallest 1/2,
   1/4 or 1/8 scale that still covers the preview, so a 12-megapixel photo is never decoded,
   resized or re-encoded at full size;
-- the thumbnail and the perceptual hash are derived from the preview, not from the original;
+- the thumbnail is derived from the preview, and the perceptual hash from the thumbnail;
 - the delivery copy is made by rewriting the container's metadata (see ``imagemeta``), without
   touching the compressed pixels, so it costs neither decoding nor quality;
 - the upload is hashed once.
@@ -27,9 +27,9 @@ __all__ = ["ImageProcessingError", "PreparedImage", "prepare_image"]
 
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP")
 _DERIVED_JPEG_QUALITY = 85
-# After DCT scaling the preview is less than 2x smaller than what was decoded. Area averaging
-# (Pillow's BOX when shrinking, OpenCV's INTER_AREA) does not alias there and costs less than
-# half of bicubic on one core: the resample is the largest step after decoding.
+# After DCT scaling a JPEG preview is less than 2x smaller than what was decoded. Area averaging
+# (Pillow's BOX when shrinking, OpenCV's INTER_AREA) does not alias and costs less than half of
+# bicubic on one core, where this resample is the largest step after decoding.
 _PREVIEW_RESAMPLE = Image.Resampling.BOX
 # Thumbnails come from the preview by an integer box reduce() (1280 -> 320 is exactly 4x),
 # then a resample over what remains: a few times cheaper than resampling the whole way.
@@ -45,8 +45,6 @@ _TRANSPOSE_FOR_ORIENTATION = {
     8: Image.Transpose.ROTATE_90,
 }
 _SRGB = ImageCms.createProfile("sRGB")
-
-
 _DAMAGED = "The image file is damaged or incomplete and could not be decoded."
 # What Pillow raises on corrupt or truncated data, depending on where the damage is.
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error)

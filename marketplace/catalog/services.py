@@ -170,13 +170,14 @@ def bulk_update_metadata(*, actor, assets: list[Asset], changes: dict, releases:
         # Lock in primary-key order so that concurrent batch edits cannot deadlock.
         locked = list(Asset.objects.select_for_update().filter(pk__in=[a.pk for a in assets]).order_by("pk"))
         for asset in locked:
+            label = asset.display_title  # before the batch's own title is applied to it
             try:
                 with transaction.atomic():
                     _apply_metadata(asset, actor=actor, changes=changes, releases=releases or {}, saved=saved)
                 updated.append(asset)
             except ValidationError as error:
                 for message in _messages(error):
-                    errors.setdefault(str(asset.pk), []).append(f"{asset.display_title}: {message}")
+                    errors.setdefault(str(asset.pk), []).append(f"{label}: {message}")
         if errors:
             raise ValidationError(errors)
     return updated

@@ -103,7 +103,9 @@ def inspect_image(data: bytes) -> InspectedImage:
         if width * height > settings.UPLOAD_MAX_PIXELS:
             raise _too_many_pixels((width, height))
         if getattr(image, "is_animated", False):
-            raise UploadRejected("animated", "Animated images are not accepted. Upload a still JPEG, PNG or WebP image.")
+            raise UploadRejected(
+                "animated", "Animated images are not accepted. Upload a still JPEG, PNG or WebP image."
+            )
         short_side = min(width, height)
         if short_side < settings.UPLOAD_MIN_SHORT_SIDE:
             raise UploadRejected(

@@ -33,6 +33,7 @@ def upload(request):
     context = {
         "licences": licences.LICENCES,
         "max_bytes": settings.UPLOAD_MAX_BYTES,
+        "max_megabytes": f"{settings.UPLOAD_MAX_BYTES / 1_000_000:g}",
         "min_short_side": settings.UPLOAD_MIN_SHORT_SIDE,
     }
     return render(request, "catalog/upload.html", context)
@@ -141,4 +142,3 @@ def asset_file(request, pk, kind):
 
 def licence_list(request):
     return render(request, "catalog/licences.html", {"licences": licences.LICENCES})
-

@@ -35,7 +35,8 @@
       a.target = "_blank";
       item.message.append(" ", a);
     }
-    item.retry.hidden = !["failed", "rejected"].includes(state);
+    // A refused file would be refused again; only transport and server failures are worth retrying.
+    item.retry.hidden = state !== "failed";
     item.select.disabled = !item.assetId;
     updateSummary();
   }
@@ -49,9 +50,8 @@
   function updateSummary() {
     const count = (states) => items.filter((i) => states.includes(i.state)).length;
     summary.textContent =
-      `${items.length} file(s): ${count(["accepted", "processing", "ready"])} accepted, ` +
-      `${count(["ready"])} ready, ${count(["rejected", "failed"])} not accepted, ` +
-      `${count(["queued", "uploading"])} in progress.`;
+      `${items.length} file(s): ${count(["processing", "ready"])} accepted (${count(["ready"])} ready), ` +
+      `${count(["rejected"])} refused, ${count(["failed"])} failed, ${count(["queued", "uploading"])} uploading.`;
     selectAllLabel.hidden = !items.some((i) => i.assetId);
   }
 
@@ -119,7 +119,6 @@
         follow(item);
       } else if (xhr.status === 409) {
         setState(item, "rejected", data.detail || "Already uploaded.", { href: data.existing.page_url, text: "see the existing one" });
-        item.retry.hidden = true;
       } else if (xhr.status >= 400 && xhr.status < 500) {
         const reason = data.detail || (data.file && data.file[0]) || `Rejected (${xhr.status}).`;
         setState(item, "rejected", "Rejected: " + reason);
@@ -153,8 +152,8 @@
             return;
           }
           if (asset.status === "failed") {
-            setState(item, "failed", "Processing failed: " + asset.failure_reason, { href: asset.page_url, text: "details" });
-            item.retry.hidden = true;
+            // Not an upload failure: the file is stored; its page offers "Retry processing".
+            setState(item, "rejected", "Processing failed: " + asset.failure_reason, { href: asset.page_url, text: "details" });
             return;
           }
         }
@@ -170,7 +169,6 @@
       const item = addRow(file);
       if (file.size > maxBytes) {
         setState(item, "rejected", `Rejected: the file is ${formatBytes(file.size)}; the limit is ${formatBytes(maxBytes)}.`);
-        item.retry.hidden = true;
         continue;
       }
       enqueue(item);

@@ -27,8 +27,7 @@ class Command(BaseCommand):
         }  # fmt: skip
         # Children get their own session: this process alone decides how they stop.
         children = {
-            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True)
-            for name, cmd in commands.items()
+            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True) for name, cmd in commands.items()
         }
         stopping = False
 

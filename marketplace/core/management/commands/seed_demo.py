@@ -62,7 +62,7 @@ class Command(BaseCommand):
             added += self._upload(creator, photo, title, tags, licence, consent, with_gps)
         self.stdout.write(self.style.SUCCESS(f"Demo data ready ({added} new images)."))
         self.stdout.write("Log in at http://127.0.0.1:8000/accounts/login/ as:")
-        for username, password, creator_role, buyer_role, staff in DEMO_USERS:
+        for username, password, creator_role, _buyer, staff in DEMO_USERS:
             role = "staff (admin)" if staff else "creator" if creator_role else "buyer"
             self.stdout.write(f"  {role:14} {username} / {password}")
 
