@@ -125,3 +125,26 @@ def test_my_uploads_shows_only_my_own_images(asset, alice, bob, staff):
     assert f"/assets/{asset.pk}/" in client_for(alice).get("/my/uploads/").content.decode()
     assert f"/assets/{asset.pk}/" not in client_for(bob).get("/my/uploads/").content.decode()
     assert f"/assets/{asset.pk}/" not in client_for(staff).get("/my/uploads/").content.decode()
+
+
+@pytest.mark.parametrize("path", ["/upload/", "/my/uploads/", "/accounts/me/"])
+def test_anonymous_visitors_must_log_in_for_creator_pages(db, path):
+    response = client_for(None).get(path)
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+
+
+def test_anonymous_visitors_cannot_change_anything(asset):
+    anonymous = client_for(None)
+    assert anonymous.post(f"/assets/{asset.pk}/withdraw/").status_code == 302
+    assert anonymous.post(f"/assets/{asset.pk}/retry/").status_code == 302
+    assert anonymous.patch(f"/api/assets/{asset.pk}/", {"title": "x"}, format="json").status_code == 401
+    assert anonymous.post(f"/api/assets/{asset.pk}/withdraw/").status_code == 401
+    assert anonymous.post("/api/assets/bulk/", {"ids": [asset.pk], "title": "x"}, format="json").status_code == 401
+    asset.refresh_from_db()
+    assert asset.title == "" and asset.withdrawn_at is None
+
+
+def test_a_buyer_sees_my_uploads_empty_and_no_upload_link(carol):
+    page = client_for(carol).get("/my/uploads/").content.decode()
+    assert "You have not uploaded anything yet." in page
+    assert 'href="/upload/">Upload</a>' not in client_for(carol).get("/").content.decode()
