@@ -12,7 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 
-from marketplace.env import env_bool, env_int, env_list, env_str
+from marketplace.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
@@ -58,6 +58,7 @@ INSTALLED_APPS = [
     "marketplace.core",
     "marketplace.accounts",
     "marketplace.catalog",
+    "marketplace.curation",
     "training",
 ]
 
@@ -170,6 +171,21 @@ RELEASE_MAX_BYTES = env_int("RELEASE_MAX_BYTES", 20_000_000)
 THUMBNAIL_PX = env_int("THUMBNAIL_PX", 320)
 PREVIEW_PX = env_int("PREVIEW_PX", 1280)
 DATA_UPLOAD_MAX_NUMBER_FILES = 100
+
+# --- Curation -------------------------------------------------------------------
+# CoCa ViT-L/14 fine-tuned on MS-COCO: the best open model that both captions and embeds
+# (LAION-2B contrastive training). A pretrained tag downloads on first use; offline sites
+# point CURATION_CLIP_PRETRAINED at a local checkpoint file.
+CURATION_CLIP_MODEL = env_str("CURATION_CLIP_MODEL", "coca_ViT-L-14")
+CURATION_CLIP_PRETRAINED = env_str("CURATION_CLIP_PRETRAINED", "mscoco_finetuned_laion2b_s13b_b90k")
+CURATION_DEVICE = env_str("CURATION_DEVICE", "auto")  # auto, cpu or cuda
+CURATION_BATCH_SIZE = env_int("CURATION_BATCH_SIZE", 32)
+# DataLoader processes decoding images while the model runs (used on CUDA; a CPU keeps its cores for torch).
+CURATION_NUM_WORKERS = env_int("CURATION_NUM_WORKERS", 4)
+CURATION_ANALYSE_ON_READY = env_bool("CURATION_ANALYSE_ON_READY", True)
+CURATION_PHASH_MAX_DISTANCE = env_int("CURATION_PHASH_MAX_DISTANCE", 8)
+CURATION_MIN_COSINE = env_float("CURATION_MIN_COSINE", 0.95)
+CURATION_MIN_METADATA_SCORE = env_float("CURATION_MIN_METADATA_SCORE", 0.18)
 
 # --- Accounts -------------------------------------------------------------------
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)

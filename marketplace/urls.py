@@ -6,6 +6,7 @@ urlpatterns = [
     path("", include("marketplace.core.urls")),
     path("accounts/", include("marketplace.accounts.urls")),
     path("", include("marketplace.catalog.urls")),
+    path("curation/", include("marketplace.curation.urls")),
     path("api/", include("marketplace.accounts.api_urls")),
     path("api/", include("marketplace.catalog.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

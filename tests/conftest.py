@@ -29,6 +29,12 @@ def media_root(tmp_path, settings) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def curation_off(settings):
+    """Curation runs only in the tests that ask for it (with a tiny local model: no network)."""
+    settings.CURATION_ANALYSE_ON_READY = False
+
+
+@pytest.fixture(autouse=True)
 def fresh_cache(settings):
     """Each test gets its own key space in the configured cache (file or Redis), so
     test runs side by side cannot see each other's log-in failure counters."""

@@ -14,7 +14,7 @@ from django.core.files.storage import default_storage
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from marketplace.catalog import imagemeta, imaging, licences
+from marketplace.catalog import imagemeta, imaging, licences, signals
 from marketplace.catalog.models import Asset, AssetEvent, Tag
 from marketplace.catalog.validation import UploadRejected, check_size, inspect_image, inspect_release
 
@@ -356,6 +356,7 @@ def prepare_asset(asset_id: int) -> Asset | None:
             kind=AssetEvent.Kind.PROCESSED,
             details={"removed_metadata": list(prepared.removed_metadata), "lossless": prepared.delivery_lossless},
         )
+        transaction.on_commit(partial(signals.asset_ready.send, sender=Asset, asset_id=locked.pk))
     return locked
 
 
