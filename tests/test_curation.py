@@ -1,10 +1,10 @@
 """Curation in the marketplace: analysis of ready uploads, near-duplicates, holds, review, search.
 
-A tiny CLIP (and CoCa) built from the repo's configs stands in for the real model; it is
-saved to a checkpoint and loaded through the same `CURATION_CLIP_PRETRAINED=<path>` setting
-an offline site uses. Its random weights make its embeddings meaningless for telling photos
-apart, so the real-photo duplicate tests here rely on the perceptual hash (CLIP's threshold is
-raised out of reach); the embedding path of deduplication is tested with controlled vectors.
+Tiny CLIP and CoCa models built from the repo's configs stand in for the real model; they are
+saved to checkpoints and loaded through the same `CURATION_CLIP_PRETRAINED=<path>` setting an
+offline site uses. Random weights map every photo to nearly the same direction, so the tiny CLIP
+is first trained for a few seconds on edited views of the test photos (`train_tiny_clip_on_photos`)
+and the real thresholds apply.
 """
 
 import csv
@@ -19,11 +19,11 @@ from rest_framework.test import APIClient
 
 from marketplace.catalog import services as catalog
 from marketplace.catalog.models import Asset
-from marketplace.core.photos import load_photo
+from marketplace.core.photos import PHOTOS, load_photo
 from marketplace.curation import selectors, services
 from marketplace.curation.engine import clip
 from marketplace.curation.models import AssetAnalysis, DuplicateCluster, Flag, FlagDecision, Hold
-from tests.curation_models import TINY_CLIP, TINY_COCA, tiny_model_spec
+from tests.curation_models import TINY_CLIP, TINY_COCA, tiny_model_spec, train_tiny_clip_on_photos
 
 
 @pytest.fixture(scope="session")
@@ -31,13 +31,18 @@ def model_folder(tmp_path_factory):
     return tmp_path_factory.mktemp("curation-models")
 
 
+@pytest.fixture(scope="session")
+def trained_checkpoint(model_folder):
+    return train_tiny_clip_on_photos(model_folder, [load_photo(name) for name in PHOTOS])
+
+
 @pytest.fixture
-def tiny_clip(settings, model_folder):
-    spec = tiny_model_spec(TINY_CLIP, model_folder)
+def tiny_clip(settings, trained_checkpoint):
+    """A tiny CLIP that tells the test photos apart, configured as an offline site would."""
+    spec = clip.ModelSpec(name=TINY_CLIP, pretrained=str(trained_checkpoint), device="cpu")
     settings.CURATION_CLIP_MODEL, settings.CURATION_CLIP_PRETRAINED = spec.name, spec.pretrained
     settings.CURATION_DEVICE = "cpu"
     settings.CURATION_ANALYSE_ON_READY = True
-    settings.CURATION_MIN_COSINE = 1.01  # random weights: only the perceptual hash is meaningful
     return spec
 
 
@@ -62,11 +67,13 @@ def jpeg(image: Image.Image, quality=90) -> bytes:
 
 
 def near_copies(image: Image.Image) -> dict[str, bytes]:
-    """The edits a re-uploader makes. Crops need CLIP (see the module docstring)."""
+    """The edits a re-uploader makes. pHash finds all but the crops, which need CLIP."""
     width, height = image.size
     marked = image.copy()
     ImageDraw.Draw(marked).text((20, height - 40), "© someone else 2026", fill=(255, 255, 255))
     return {
+        "cropped": jpeg(image.crop((0, 0, width * 9 // 10, height * 9 // 10))),
+        "trimmed": jpeg(image.crop((width // 20, height // 20, width * 19 // 20, height * 19 // 20))),
         "resized": jpeg(image.resize((width * 3 // 4, height * 3 // 4), Image.Resampling.LANCZOS)),
         "recompressed": jpeg(image, quality=40),
         "brightened": jpeg(ImageEnhance.Brightness(image).enhance(1.25)),
@@ -180,6 +187,11 @@ def test_near_copies_of_real_photos_are_found_and_distinct_photos_are_not_merged
         assert cluster is not None, f"{edit} copy of {name} not found"
         assert AssetAnalysis.objects.get(asset=original).cluster_id == cluster.pk, (name, edit)
     assert DuplicateCluster.objects.count() == len(originals)
+    for (name, edit), copy in copies.items():
+        original = Asset.objects.get(original_filename=f"{name}.jpg")
+        evidence = Flag.objects.get(kind=Flag.Kind.NEAR_DUPLICATE, asset=copy, other_asset=original).evidence
+        if edit in ("cropped", "trimmed"):  # out of the perceptual hash's reach: CLIP found them
+            assert evidence["reason"] in ("embedding", "both") and evidence["cosine"] >= 0.95, (name, edit)
     for cluster in DuplicateCluster.objects.all():
         # The representative passes quality and is the largest, the earliest on a tie: the original.
         assert "-" not in cluster.representative.original_filename
@@ -324,3 +336,52 @@ def test_the_review_queue_shows_pairs_side_by_side_with_evidence(tiny_clip, alic
     assert f'data-flag-id="{flag.pk}"' in queue and "hamming" in queue
     detail = reviewer.get(f"/curation/flags/{flag.pk}/").content.decode()
     assert detail.count("/files/preview/") == 2 and "hamming" in detail
+
+
+# --- rights conflicts ------------------------------------------------------------------------
+
+
+def xmp_creator(name: str) -> bytes:
+    return (
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description xmlns:dc="http://purl.org/dc/elements/1.1/"><dc:creator><rdf:Seq>'
+        f"<rdf:li>{name}</rdf:li></rdf:Seq></dc:creator></rdf:Description></rdf:RDF></x:xmpmeta>"
+    ).encode()
+
+
+def photo_with_xmp(name: str, xmp: bytes) -> bytes:
+    buffer = io.BytesIO()
+    load_photo(name, min_short_side=600).save(buffer, "JPEG", quality=90, xmp=xmp)
+    return buffer.getvalue()
+
+
+def test_an_image_credited_to_someone_else_is_held_for_a_rights_check(tiny_clip, alice, staff, put):
+    mine = put(alice, photo_with_xmp("coffee", xmp_creator("Alice Photo")), "mine.jpg")
+    theirs = put(alice, photo_with_xmp("rocket", xmp_creator("Jane Doe")), "theirs.jpg")
+    assert not Flag.objects.filter(asset=mine).exists()
+    flag = Flag.objects.get(kind=Flag.Kind.RIGHTS, asset=theirs)
+    assert "“Jane Doe”" in flag.evidence["reasons"][0]
+    creator = APIClient()
+    creator.force_login(alice)
+    holds = creator.get(f"/api/assets/{theirs.pk}/").json()["holds"]
+    assert len(holds) == 1 and "Jane Doe" in holds[0]["reason"]
+    assert creator.get(f"/api/assets/{mine.pk}/").json()["holds"] == []
+    services.decide_flag(flag, actor=staff, action="keep", note="Jane Doe is Alice's studio name")
+    assert creator.get(f"/api/assets/{theirs.pk}/").json()["holds"] == []
+
+
+def test_overriding_an_embedded_no_ai_prohibition_goes_to_staff(alice, django_capture_on_commit_callbacks):
+    prohibiting = (
+        b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        b'<rdf:Description xmlns:plus="http://ns.useplus.org/ldf/xmp/1.0/" '
+        b'plus:DataMining="http://ns.useplus.org/ldf/vocab/DMI-PROHIBITED-AIMLTRAINING"/></rdf:RDF></x:xmpmeta>'
+    )
+    asset = upload(alice, photo_with_xmp("astronaut", prohibiting), "a.jpg", django_capture_on_commit_callbacks)
+    assert not Flag.objects.exists()
+    with django_capture_on_commit_callbacks(execute=True):
+        catalog.update_asset_metadata(
+            asset, actor=alice, changes={"ai_training_consent": True, "rights_override_confirmed": True}
+        )
+    flag = Flag.objects.get(kind=Flag.Kind.RIGHTS, asset=asset)
+    assert "DMI-PROHIBITED-AIMLTRAINING" in flag.evidence["reasons"][0]
+    assert selectors.active_holds(asset).exists()

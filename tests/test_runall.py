@@ -40,7 +40,10 @@ def wait_for(predicate, timeout=60, interval=0.5):
 @pytest.fixture
 def marketplace_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CACHE_URL")}
-    env.update({"VAR_DIR": str(tmp_path / "var"), "DEBUG": "true", "PYTHONUNBUFFERED": "1"})
+    # No curation here: its default model would be fetched from the hub (tests never touch the network).
+    env.update(
+        {"VAR_DIR": str(tmp_path / "var"), "DEBUG": "true", "PYTHONUNBUFFERED": "1", "CURATION_ANALYSE_ON_READY": "0"}
+    )
     if env.get("CELERY_BROKER_URL", "").startswith("redis://"):
         env["CELERY_BROKER_URL"] = env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/9"  # a queue of its own
     manage = [sys.executable, "manage.py"]

@@ -26,6 +26,7 @@ class AssetSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     page_url = serializers.SerializerMethodField()
     files = serializers.SerializerMethodField()
+    holds = serializers.SerializerMethodField(help_text="Why the image is held out of packs, if it is.")
 
     class Meta:
         model = Asset
@@ -36,7 +37,7 @@ class AssetSerializer(serializers.ModelSerializer):
             "people_identifiable", "has_model_release", "has_property_release", "embedded_creator",
             "embedded_copyright", "embedded_data_mining", "embedded_prohibits_ai_training", "camera_make",
             "camera_model", "lens_model", "captured_at", "location_removed", "withdrawn_at", "created_at",
-            "processed_at", "page_url", "files",
+            "processed_at", "page_url", "files", "holds",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -52,6 +53,11 @@ class AssetSerializer(serializers.ModelSerializer):
 
     def get_has_property_release(self, asset) -> bool:
         return bool(asset.property_release)
+
+    def get_holds(self, asset) -> list[dict]:
+        # Holds are curation's; read through the reverse relation so the catalogue does not import it.
+        active = asset.holds.filter(released_at__isnull=True).order_by("created_at")
+        return [{"reason": hold.reason, "since": hold.created_at} for hold in active]
 
     def get_page_url(self, asset) -> str:
         return reverse("catalog:asset", args=[asset.pk])

@@ -230,6 +230,7 @@ def _apply_metadata(asset: Asset, *, actor, changes: dict, releases: dict, saved
     if override_now and not asset.rights_override_confirmed_at:
         asset.rights_override_confirmed_at = now
         AssetEvent.objects.create(asset=asset, actor=actor, kind=AssetEvent.Kind.RIGHTS_OVERRIDE_CONFIRMED)
+        transaction.on_commit(partial(signals.rights_override_confirmed.send, sender=Asset, asset_id=asset.pk))
 
     consent = bool(changes.get("ai_training_consent", asset.ai_training_consent))
     if consent and asset.embedded_prohibits_ai_training and not asset.rights_override_confirmed_at:

@@ -186,8 +186,49 @@ def _flag_analysis(analysis: AssetAnalysis, asset: Asset) -> None:
             other_asset=None,
             defaults={"evidence": {"metadata_score": analysis.metadata_score, "caption": analysis.caption}},
         )
+    flag_rights_conflicts(asset.pk)
     for other in Asset.objects.filter(sha256=asset.sha256).exclude(owner=asset.owner).exclude(pk=asset.pk):
         record_pair(asset, other, {"reason": "identical file (SHA-256)", "sha256": asset.sha256}, exact=True)
+
+
+def _names_of(user) -> set[str]:
+    profile = getattr(user, "creator_profile", None)
+    words = f"{user.username} {user.get_full_name()} {profile.display_name if profile else ''}"
+    return {word for word in words.lower().replace(".", " ").split() if len(word) > 2}
+
+
+def rights_conflicts(asset: Asset) -> list[str]:
+    """Why the embedded rights metadata disagrees with the upload, in words for staff and the creator."""
+    reasons = []
+    if asset.embedded_prohibits_ai_training and asset.rights_override_confirmed_at:
+        reasons.append(
+            f"The file's metadata prohibits AI training ({asset.embedded_data_mining}); the creator confirmed "
+            "they hold the rights to override it."
+        )
+    embedded = f"{asset.embedded_creator} {asset.embedded_copyright}".lower()
+    if embedded.strip() and not any(name in embedded for name in _names_of(asset.owner)):
+        named = asset.embedded_creator or asset.embedded_copyright
+        reasons.append(f"The file's metadata names “{named}” as its creator or rights holder.")
+    return reasons
+
+
+def flag_rights_conflicts(asset_id: int) -> Flag | None:
+    """A rights conflict holds the asset out of packs until staff have checked it."""
+    asset = Asset.objects.select_related("owner").get(pk=asset_id)
+    reasons = rights_conflicts(asset)
+    if not reasons:
+        return None
+    with transaction.atomic():
+        flag, created = Flag.objects.get_or_create(
+            kind=Flag.Kind.RIGHTS, asset=asset, other_asset=None, defaults={"evidence": {"reasons": reasons}}
+        )
+        if created:
+            Hold.objects.create(
+                asset=asset,
+                flag=flag,
+                reason=" ".join(reasons) + " It stays out of packs until our staff have checked the rights.",
+            )
+    return flag
 
 
 # --- near-duplicate indexes ------------------------------------------------------------------

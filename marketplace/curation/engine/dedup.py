@@ -5,15 +5,22 @@ embeddings' cosine similarity is at least ``min_cosine``. pHash alone misses mos
 (crops, re-encodes, small edits); CLIP alone misses some low-level copies. Both indexes are kept
 on disk and updated in place, so a new upload is compared with the whole collection without a rescan.
 
-Vector index: an inverted file (IVF). Spherical k-means cuts the sphere into cells; a query is compared
-exactly with the members of the few cells whose centroids are closest to it. Grouping the queries by
-cell turns the work into one matrix product per cell, at BLAS speed. Near-duplicates (cosine >= 0.95,
-an angle under 18 degrees) almost always share one of a handful of nearest cells: recall is measured
-(bench/dedup.py), not guaranteed. Below ``MIN_TRAIN_SIZE`` items there is a single cell, so the search
-is exact. Exact pruning (Voronoi bisector bounds) was measured on CLIP-like data and still had to scan
-10-35 % of the collection per query, which is no faster than brute force at 1M items.
-Stored vectors are float16 (1M x 512 in 1 GB), products are computed in float32: cosines read back
-from the index carry an error of about 1e-4.
+Vector index, an inverted file (IVF) in a projected space:
+- Filter. Vectors are projected on their top 128 principal components. A projection cannot lengthen a
+  distance, and unit vectors with cosine >= t are within sqrt(2 - 2t) of each other, so comparing
+  projections loses no pair; it lets through about 4e-4 of unrelated same-topic pairs (CLIP-like data),
+  which are then checked exactly in full dimension. The filter costs a quarter of the full products.
+- Cells. k-means cuts the projected space into about 4 sqrt(n) cells; an item is compared with the
+  items of every cell whose centroid is almost as near as its own one: within a margin of
+  breadth * sqrt(2 - 2t) * (median distance between neighbouring centroids), at most 64 cells. Measured
+  on CLIP-like data at 1M items, this margin finds the pairs missed by a fixed number of probes at
+  a third of the cost. Grouping the queries by cell makes each cell one matrix product, at BLAS speed.
+  Recall is measured (bench/dedup.py), not guaranteed; below MIN_TRAIN_SIZE there is one cell and
+  the search is exact. Rejected after measuring: exact pruning by Voronoi bisectors (scans 10-35 % of
+  the collection per query), two-level routing and centroid-neighbour routing (far lower recall: in
+  high dimension an item's nearest centroids are not its own centroid's neighbours).
+- Storage: float16 vectors and projections (1M x 512 in 1.25 GB), products in float32; cosines read
+  back from the index are within about 1e-4.
 
 Hamming index: multi-index hashing (Norouzi et al., 2012). The 64 bits are cut into 3 chunks of 21-22
 bits, with a probe radius r_i per chunk such that sum(r_i + 1) > max_distance; by the pigeonhole
@@ -21,10 +28,13 @@ principle two hashes within max_distance differ in at most r_i bits on at least 
 has a dense table (CSR offsets over all 2^21..2^22 values), so a probe is one array lookup; for a
 distance of 8 a query makes 3 x 254 probes and meets about 1e-4 of the collection as candidates,
 which are then checked exactly. Results are exact. Three chunks is the optimum of the method at about
-a million items (m = 64 / log2 N); a faiss binary index would be an extra 30 MB dependency and offers
-no removal for its multi-hash index.
+a million items (m = 64 / log2 N). A faiss binary index would be a 30 MB dependency without removal
+for its multi-hash index; faiss's IVF range search scans lists without the per-cell matrix products.
 
-No Django imports: the Django layer maps rows to assets.
+Work is spread over the cores by a thread pool (numpy releases the GIL in products and most array
+operations). Run with one BLAS thread per process (OPENBLAS_NUM_THREADS=1, the norm for prefork
+workers): threaded BLAS on busy cores measured 3-9x slower on these mid-sized products.
+Everything is deterministic. No Django imports: the Django layer maps ids to assets.
 """
 
 from __future__ import annotations
@@ -34,10 +44,11 @@ import functools
 import itertools
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import numpy as np
 
@@ -53,20 +64,26 @@ __all__ = [
 
 MIN_TRAIN_SIZE = 4096  # below this, one cell: the vector search is exact and cheap anyway
 _RETRAIN_GROWTH = 4  # retrain the cells each time the collection has grown 4x (amortised O(k d) per add)
-_KMEANS_ITERATIONS = 6
-_KMEANS_SAMPLE_PER_CELL = 32  # cells are only a filter (every match is checked exactly): a coarse fit is enough
-_PROJECTED_DIM = 128  # filter and cells work on this many principal components
+_KMEANS_ITERATIONS = 5
+_KMEANS_SAMPLE_PER_CELL = 16  # cells are only a filter (every match is checked exactly): a coarse fit is enough
+_PROJECTED_DIM = 128
 _PCA_SAMPLE = 20000
 _PROJECTION_SLACK = 1e-3  # on -|y - x|^2 / 2: covers float16 storage of the projections (error < 4e-4)
-# Probed cells per query, from bench/dedup.py on CLIP-like data (recall >= 0.999 against brute force).
-# A self-join finds a pair from either of its two items, so it needs fewer probes than a one-sided query.
-_SELF_JOIN_PROBES = 6
-_QUERY_PROBES = 12
-_ROWS_PER_BLOCK = 4096  # rows per matrix product when projecting, ranking centroids or checking norms
+# Probe margins (see the module docstring), measured on bench/dedup.py's data at 1M items: a self-join
+# finds a pair from either of its items (0.35: recall 0.999); a one-sided query needs a wider margin
+# (0.8: 0.9998; 0.6: 0.999).
+_SELF_JOIN_BREADTH = 0.35
+_QUERY_BREADTH = 0.8
+_MAX_PROBES = 64
+_ROWS_PER_BLOCK = 4096  # rows per matrix product when projecting or scoring centroids
 _SIMS_PER_BLOCK = 1 << 22  # entries per matrix product in a cell: 16 MB, however large the cell
 _PROBES_PER_BLOCK = 1 << 20  # Hamming probes per vectorised step: about 30 MB of temporaries
 _HASH_CHUNKS = ((0, 21), (21, 21), (42, 22))  # (first bit, width) of each multi-index-hashing chunk
+_WORKERS = os.cpu_count() or 1
 _FORMAT = 1
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +101,12 @@ class Pair:
 
 
 # --- shared storage ----------------------------------------------------------------------------------
+
+
+def _parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """function over items on every core, results in order (so deterministic)."""
+    with ThreadPoolExecutor(_WORKERS) as pool:
+        return list(pool.map(function, items))
 
 
 def _with_room(array: np.ndarray, rows: int) -> np.ndarray:
@@ -110,6 +133,12 @@ def _lookup_sorted(sorted_keys: np.ndarray, payload: np.ndarray, queries: np.nda
     return np.where(sorted_keys[pos] == queries, payload[pos], -1)
 
 
+def _check_unique(ids: np.ndarray) -> None:
+    ordered = np.sort(ids)
+    if np.any(ordered[1:] == ordered[:-1]):
+        raise ValueError("duplicate ids in one batch")
+
+
 def _expand(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every element of the ranges [start, start + count): (index of its range, its position)."""
     owner = np.repeat(np.arange(len(counts)), counts)
@@ -132,20 +161,18 @@ class _Rows:
         """The live slot of each id, -1 where absent."""
         return _lookup_sorted(self._sorted_ids, self._sorted_slots, ids)
 
-    def append(self, ids: np.ndarray) -> np.ndarray:
-        """Slots for new rows; a row already stored under one of the ids is removed (re-add replaces)."""
-        if np.unique(ids).size != ids.size:
-            raise ValueError("duplicate ids in one batch")
+    def append(self, ids: np.ndarray) -> slice:
+        """The (contiguous) slots of new rows; a row already stored under one of the ids is removed."""
+        _check_unique(ids)
         self.remove(ids)
-        slots = np.arange(self.size, self.size + len(ids))
-        self.ids = _with_room(self.ids, self.size + len(ids))
-        self.alive = _with_room(self.alive, self.size + len(ids))
+        slots = slice(self.size, self.size + len(ids))
+        self.ids = _with_room(self.ids, slots.stop)
+        self.alive = _with_room(self.alive, slots.stop)
         self.ids[slots], self.alive[slots] = ids, True
-        self.size += len(ids)
-        self.live += len(ids)
+        self.size, self.live = slots.stop, self.live + len(ids)
         pos = np.searchsorted(self._sorted_ids, ids)
         self._sorted_ids = np.insert(self._sorted_ids, pos, ids)
-        self._sorted_slots = np.insert(self._sorted_slots, pos, slots)
+        self._sorted_slots = np.insert(self._sorted_slots, pos, np.arange(slots.start, slots.stop))
         return slots
 
     def remove(self, ids: np.ndarray) -> int:
@@ -251,10 +278,24 @@ def _as_vectors(vectors: np.ndarray, dim: int | None = None) -> np.ndarray:
     return vectors
 
 
+def _blocks_of(n: int) -> range:
+    return range(0, n, _ROWS_PER_BLOCK)
+
+
 def _cell_count(n: int) -> int:
-    """Cells for n items: ranking the centroids costs n*k, scanning the probed cells about n*probes*n/k;
-    the sum is least near k = 2 sqrt(n). A single cell (exact search) below MIN_TRAIN_SIZE."""
-    return 1 if n < MIN_TRAIN_SIZE else int(2 * np.sqrt(n))
+    """Cells for n items: scoring centroids costs n*k, scanning cells about n*probes*n/k; measured least
+    near k = 4 sqrt(n) with the margin's 5-10 probes. A multiple of 8, for _nonzero. A single cell (exact
+    search) below MIN_TRAIN_SIZE."""
+    return 1 if n < MIN_TRAIN_SIZE else 8 * round(np.sqrt(n) / 2)
+
+
+def _nonzero(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a sparse 2-d mask, scanning it as 64-bit words when rows allow (8x fewer elements)."""
+    if mask.shape[1] % 8:
+        return np.nonzero(mask)
+    word_rows, words = np.nonzero(mask.view(np.uint64))
+    byte_rows, byte_columns = np.nonzero(mask.reshape(len(mask), mask.shape[1] // 8, 8)[word_rows, words])
+    return word_rows[byte_rows], 8 * words[byte_rows] + byte_columns
 
 
 def _sample(vectors: np.ndarray, size: int) -> np.ndarray:
@@ -265,8 +306,8 @@ def _sample(vectors: np.ndarray, size: int) -> np.ndarray:
 
 
 def _fit_basis(vectors: np.ndarray) -> np.ndarray:
-    """(dim, p) orthonormal columns: the sample's top principal directions (any orthonormal basis is exact;
-    the principal one keeps the most of the distances between items, so the filter lets few through)."""
+    """(dim, p) orthonormal columns: the sample's top principal directions. Any orthonormal basis keeps the
+    filter exact; the principal one keeps most of the distances between items, so it lets few through."""
     dim = vectors.shape[1]
     p = min(_PROJECTED_DIM, dim)
     if len(vectors) < 2:
@@ -279,9 +320,12 @@ def _fit_basis(vectors: np.ndarray) -> np.ndarray:
 
 def _project(vectors: np.ndarray, basis: np.ndarray) -> np.ndarray:
     projected = np.empty((len(vectors), basis.shape[1]), np.float32)
-    for start in range(0, len(vectors), _ROWS_PER_BLOCK):
+
+    def project_block(start: int) -> None:
         block = vectors[start : start + _ROWS_PER_BLOCK].astype(np.float32, copy=False)
         projected[start : start + _ROWS_PER_BLOCK] = block @ basis
+
+    _parallel(project_block, _blocks_of(len(vectors)))
     return projected
 
 
@@ -296,41 +340,89 @@ def _with_column(block: np.ndarray, column: float | np.ndarray, last: float | np
     return out
 
 
-def _top_cells(projected: np.ndarray, centroids: np.ndarray, probes: int) -> np.ndarray:
-    """(n, probes) cells with the nearest centroids, nearest first (column 0 is the item's own cell)."""
-    probes = min(probes, len(centroids))
-    # argmax of y.c - |c|^2/2 is the nearest centroid; [y, 1, 0] . [c, -|c|^2/2, 0] gives it in one product.
-    targets = _with_column(centroids, -_half_norms(centroids), 0.0).T
-    top = np.empty((len(projected), probes), np.int64)
-    for start in range(0, len(projected), _ROWS_PER_BLOCK):
-        scores = _with_column(projected[start : start + _ROWS_PER_BLOCK], 1.0, 0.0) @ targets
-        rows = np.arange(len(scores))
-        for column in range(probes):  # a few argmax passes: much cheaper than argpartition on wide rows
-            best = scores.argmax(axis=1)
-            top[start : start + len(scores), column] = best
-            scores[rows, best] = -np.inf
-    return top
+class _Partition:
+    """Cells of the projected space: k-means centroids, and the median distance between neighbouring ones."""
 
+    def __init__(self, centroids: np.ndarray, spacing: float) -> None:
+        self.centroids, self.spacing = centroids, spacing
+        # y.c - |c|^2/2 is largest for the nearest centroid: [y, 1, 0] . [c, -|c|^2/2, 0], one product.
+        self._targets = _with_column(centroids, -_half_norms(centroids), 0.0).T
 
-def _train_centroids(projected: np.ndarray, k: int) -> np.ndarray:
-    """k-means centroids from a deterministic sample (Lloyd's iterations); the one centroid 0 when k == 1."""
-    if k == 1:
-        return np.zeros((1, projected.shape[1]), np.float32)
-    sample = _sample(projected, _KMEANS_SAMPLE_PER_CELL * k)
-    centroids = sample[np.random.default_rng(0).choice(len(sample), k, replace=False)]
-    for _ in range(_KMEANS_ITERATIONS):
-        cells = _top_cells(sample, centroids, 1)[:, 0]
-        order = np.argsort(cells, kind="stable")
-        counts = np.bincount(cells, minlength=k)
-        filled = counts > 0  # an empty cell keeps its centroid
-        sums = np.add.reduceat(sample[order], (np.cumsum(counts) - counts)[filled], axis=0)
-        centroids[filled] = sums / counts[filled, None]
-    return centroids
+    def __len__(self) -> int:
+        return len(self.centroids)
+
+    @classmethod
+    def train(cls, projected: np.ndarray, k: int) -> _Partition:
+        """k-means (Lloyd) on a deterministic sample; one cell when k == 1."""
+        if k == 1:
+            return cls(np.zeros((1, projected.shape[1]), np.float32), 0.0)
+        sample = _sample(projected, _KMEANS_SAMPLE_PER_CELL * k)
+        centroids = sample[np.random.default_rng(0).choice(len(sample), k, replace=False)]
+        for _ in range(_KMEANS_ITERATIONS):
+            cells = cls(centroids, 0.0).assign(sample)
+            order = np.argsort(cells, kind="stable")
+            counts = np.bincount(cells, minlength=k)
+            filled = counts > 0  # an empty cell keeps its centroid
+            sums = np.add.reduceat(sample[order], (np.cumsum(counts) - counts)[filled], axis=0)
+            centroids[filled] = sums / counts[filled, None]
+        return cls(centroids, cls._median_spacing(centroids))
+
+    @staticmethod
+    def _median_spacing(centroids: np.ndarray) -> float:
+        """Median distance from a centroid to its nearest other centroid."""
+        partition = _Partition(centroids, 0.0)
+        half_norms = _half_norms(centroids)
+        nearest = np.empty(len(centroids), np.float32)
+        for start in _blocks_of(len(centroids)):
+            scores = partition._scores(centroids[start : start + _ROWS_PER_BLOCK])
+            scores[np.arange(len(scores)), np.arange(start, start + len(scores))] = -np.inf
+            # |c - c'|^2 = |c|^2 - 2 (c.c' - |c'|^2/2)
+            nearest[start : start + len(scores)] = 2 * half_norms[start : start + len(scores)] - 2 * scores.max(axis=1)
+        return float(np.median(np.sqrt(np.maximum(nearest, 0))))
+
+    def _scores(self, block: np.ndarray) -> np.ndarray:
+        return _with_column(block.astype(np.float32, copy=False), 1.0, 0.0) @ self._targets
+
+    def assign(self, projected: np.ndarray) -> np.ndarray:
+        """Each row's own cell: the nearest centroid."""
+        blocks = _parallel(lambda start: self._scores(projected[start : start + _ROWS_PER_BLOCK]).argmax(axis=1),
+                           _blocks_of(len(projected)))  # fmt: skip
+        return np.concatenate(blocks) if blocks else np.empty(0, np.int64)
+
+    def probes(
+        self, projected: np.ndarray, min_cosine: float, breadth: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(row, cell) for every cell a row is compared with, and each row's own cell.
+
+        A row probes the cells whose score is within a margin of its own cell's (at most _MAX_PROBES).
+        """
+        margin = breadth * np.sqrt(2 - 2 * min_cosine) * self.spacing
+
+        def probe_block(start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            scores = self._scores(projected[start : start + _ROWS_PER_BLOCK])
+            own = scores.argmax(axis=1)
+            near = scores >= (scores[np.arange(len(scores)), own] - margin)[:, None]
+            rows, cells = _nonzero(near)
+            crowded = np.flatnonzero(np.bincount(rows, minlength=len(scores)) > _MAX_PROBES)
+            if crowded.size:  # keep the nearest _MAX_PROBES
+                kth = -np.partition(-scores[crowded], _MAX_PROBES - 1, axis=1)[:, _MAX_PROBES - 1]
+                keep = ~np.isin(rows, crowded)
+                rows, cells = rows[keep], cells[keep]
+                extra_rows, extra_cells = np.nonzero(scores[crowded] >= kth[:, None])
+                rows, cells = np.concatenate([rows, crowded[extra_rows]]), np.concatenate([cells, extra_cells])
+            return start + rows, cells, own
+
+        blocks = _parallel(probe_block, _blocks_of(len(projected)))
+        if not blocks:
+            return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64)
+        rows, cells, own = zip(*blocks, strict=True)
+        return np.concatenate(rows), np.concatenate(cells), np.concatenate(own)
 
 
 def _candidates(
     queries: np.ndarray,
-    query_cells: np.ndarray,
+    probe_rows: np.ndarray,
+    probe_cells: np.ndarray,
     cells: _Buckets,
     stored: np.ndarray,
     stored_half_norms: np.ndarray,
@@ -338,39 +430,42 @@ def _candidates(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(query row, stored slot) of every stored item in a probed cell whose projection is close enough.
 
-    Unit vectors with cosine >= t are within sqrt(2 - 2t) of each other, and so are their projections:
-    the test loses no pair. Each cell costs one matrix product with all the queries probing it, where
-    [y, -|y|^2/2, 1] . [x, 1, -|x|^2/2] = -|y - x|^2/2.
+    Each cell costs one matrix product with all the queries probing it, where
+    [y, -|y|^2/2, 1] . [x, 1, -|x|^2/2] = -|y - x|^2/2 >= -(1 - min_cosine) keeps every pair with
+    cosine >= min_cosine (the projection of unit vectors cannot lengthen their distance).
     """
     bound = -(1.0 - min_cosine) - _PROJECTION_SLACK
     query_half_norms = _half_norms(queries)
-    flat = query_cells.ravel()
-    order = np.argsort(flat, kind="stable")
-    query_rows = order // query_cells.shape[1]
-    bounds = _offsets(flat, cells.n_keys)
-    found_rows, found_slots = [], []
-    for cell in np.flatnonzero(np.diff(bounds)):
+    order = np.argsort(probe_cells, kind="stable")
+    rows_by_cell = probe_rows[order]
+    bounds = _offsets(probe_cells, cells.n_keys)
+
+    def cell_candidates(cell: int) -> tuple[np.ndarray, np.ndarray]:
         slots = cells.members(cell)
-        if slots.size == 0:
-            continue
         members = _with_column(stored[slots], 1.0, -stored_half_norms[slots]).T
-        cell_rows = query_rows[bounds[cell] : bounds[cell + 1]]
-        step = max(1, _SIMS_PER_BLOCK // slots.size)
+        cell_rows = rows_by_cell[bounds[cell] : bounds[cell + 1]]
+        found_rows, found_slots = [], []
+        step = max(1, _SIMS_PER_BLOCK // max(slots.size, 1))
         for rows in (cell_rows[start : start + step] for start in range(0, len(cell_rows), step)):
             closeness = _with_column(queries[rows], -query_half_norms[rows], 1.0) @ members
             hit_rows = np.flatnonzero(closeness.max(axis=1) >= bound)  # most rows have none: skip them early
             r, c = np.nonzero(closeness[hit_rows] >= bound)
             found_rows.append(rows[hit_rows[r]])
             found_slots.append(slots[c])
-    if not found_rows:
+        return np.concatenate(found_rows), np.concatenate(found_slots)
+
+    probed = np.flatnonzero((np.diff(bounds) > 0) & (np.diff(cells.offsets) > 0))
+    found = _parallel(cell_candidates, probed)
+    if not found:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(found_rows), np.concatenate(found_slots).astype(np.int64)
+    rows, slots = zip(*found, strict=True)
+    return np.concatenate(rows).astype(np.int64), np.concatenate(slots).astype(np.int64)
 
 
 def _row_cosines(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, right_rows: np.ndarray) -> np.ndarray:
     """Cosines of row pairs, in float32, in blocks (no gathered copy of every candidate at once)."""
     cosines = np.empty(len(left_rows), np.float32)
-    for start in range(0, len(left_rows), _ROWS_PER_BLOCK):
+    for start in _blocks_of(len(left_rows)):
         part = slice(start, start + _ROWS_PER_BLOCK)
         a, b = left[left_rows[part]].astype(np.float32), right[right_rows[part]].astype(np.float32)
         cosines[part] = np.einsum("ij,ij->i", a, b)
@@ -378,18 +473,21 @@ def _row_cosines(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, rig
 
 
 class VectorIndex:
-    """Unit vectors (CLIP embeddings) by int64 id, searchable by cosine threshold. Not thread-safe."""
+    """Unit vectors (CLIP embeddings) by int64 id, searchable by cosine threshold. Not thread-safe.
 
-    def __init__(self, dim: int, *, probes: int = _QUERY_PROBES) -> None:
+    ``breadth`` widens the probe margin (see the module docstring): more recall, more time.
+    """
+
+    def __init__(self, dim: int, *, breadth: float = _QUERY_BREADTH) -> None:
         self.dim = dim
-        self.probes = probes
+        self.breadth = breadth
         self._rows = _Rows()
         self._vectors = np.empty((0, dim), np.float16)  # exact checks and retraining
         self._projected = np.empty((0, min(_PROJECTED_DIM, dim)), np.float16)  # the filter
         self._half_norms = np.empty(0, np.float32)
         self._cells = np.empty(0, np.int64)  # cell of each slot
         self._basis = _fit_basis(self._vectors)
-        self._centroids = _train_centroids(self._projected, 1)
+        self._partition = _Partition.train(self._projected, 1)
         self._trained_at = 0  # live size when the cells were last trained
         self._buckets = _Buckets(1, self._cells, self._cells)
 
@@ -405,17 +503,18 @@ class VectorIndex:
         for name in ("_vectors", "_projected", "_half_norms", "_cells"):
             setattr(self, name, _with_room(getattr(self, name), self._rows.size))
         self._vectors[slots] = vectors
-        self._store_projection(slots)
-        self._buckets.insert(self._cells[slots], slots)
         if len(self) >= max(MIN_TRAIN_SIZE, _RETRAIN_GROWTH * self._trained_at):
-            self._retrain()
+            self._retrain()  # projects and assigns every row, these included
+        else:
+            self._store_projection(slots, _project(vectors, self._basis))
+            self._buckets.insert(self._cells[slots], np.arange(slots.start, slots.stop))
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove the ids that are stored; returns how many were."""
         removed = self._rows.remove(_as_ids(ids))
         if self._rows.needs_compaction():
             self._keep(self._rows.live_slots())
-            self._buckets = _Buckets(len(self._centroids), self._cells, np.arange(len(self._cells)))
+            self._buckets = _Buckets(len(self._partition), self._cells, np.arange(len(self._cells)))
         return removed
 
     def neighbours(
@@ -430,28 +529,32 @@ class VectorIndex:
         """Write the index atomically (live rows only)."""
         live = self._rows.live_slots()
         arrays = {
-            "kind": np.array("VectorIndex"), "format": np.array(_FORMAT), "probes": np.array(self.probes),
+            "kind": np.array("VectorIndex"), "format": np.array(_FORMAT), "breadth": np.array(self.breadth),
             "ids": self._rows.ids[live], "vectors": self._vectors[live], "projected": self._projected[live],
             "half_norms": self._half_norms[live], "cells": self._cells[live], "basis": self._basis,
-            "centroids": self._centroids, "trained_at": np.array(self._trained_at),
+            "centroids": self._partition.centroids, "spacing": np.array(self._partition.spacing),
+            "trained_at": np.array(self._trained_at),
         }  # fmt: skip
         _atomic_save(path, lambda file: np.savez(file, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> VectorIndex:
         arrays = _load_arrays(path, "VectorIndex")
-        index = cls(arrays["vectors"].shape[1], probes=int(arrays["probes"]))
+        index = cls(arrays["vectors"].shape[1], breadth=float(arrays["breadth"]))
         index._rows = _Rows(arrays["ids"])
-        for name in ("vectors", "projected", "half_norms", "cells", "basis", "centroids"):
+        for name in ("vectors", "projected", "half_norms", "cells", "basis"):
             setattr(index, f"_{name}", arrays[name])
+        index._partition = _Partition(arrays["centroids"], float(arrays["spacing"]))
         index._trained_at = int(arrays["trained_at"])
-        index._buckets = _Buckets(len(index._centroids), index._cells, np.arange(len(index._cells)))
+        index._buckets = _Buckets(len(index._partition), index._cells, np.arange(len(index._cells)))
         return index
 
     def _neighbour_arrays(self, vectors: np.ndarray, min_cosine: float) -> tuple[np.ndarray, ...]:
         projected = _project(vectors, self._basis)
-        top = _top_cells(projected, self._centroids, self.probes)
-        rows, slots = _candidates(projected, top, self._buckets, self._projected, self._half_norms, min_cosine)
+        probe_rows, probe_cells, _ = self._partition.probes(projected, min_cosine, self.breadth)
+        rows, slots = _candidates(
+            projected, probe_rows, probe_cells, self._buckets, self._projected, self._half_norms, min_cosine
+        )
         alive = self._rows.alive[slots]
         rows, slots = rows[alive], slots[alive]
         cosines = _row_cosines(vectors, rows, self._vectors, slots)
@@ -465,11 +568,11 @@ class VectorIndex:
         vectors[slots >= 0] = self._vectors[slots[slots >= 0]]
         return vectors, slots >= 0
 
-    def _store_projection(self, slots: np.ndarray) -> None:
-        """Project the stored vectors of slots and assign them to cells, from the stored float16 values."""
-        self._projected[slots] = _project(self._vectors[slots], self._basis)
-        self._half_norms[slots] = _half_norms(self._projected[slots].astype(np.float32))
-        self._cells[slots] = _top_cells(self._projected[slots].astype(np.float32), self._centroids, 1)[:, 0]
+    def _store_projection(self, slots: slice, projected: np.ndarray) -> None:
+        """Store the projections of rows (float16: _PROJECTION_SLACK covers the rounding) and their cells."""
+        self._projected[slots] = projected
+        self._half_norms[slots] = _half_norms(projected)
+        self._cells[slots] = self._partition.assign(projected)
 
     def _keep(self, live: np.ndarray) -> None:
         """Keep only the live slots, renumbered."""
@@ -478,26 +581,29 @@ class VectorIndex:
             setattr(self, name, getattr(self, name)[live])
 
     def _retrain(self) -> None:
-        self._keep(self._rows.live_slots())
-        self._basis = _fit_basis(self._vectors)
-        k = _cell_count(len(self._vectors))
-        self._centroids = _train_centroids(_project(self._vectors, self._basis), k)
-        self._store_projection(np.arange(len(self._vectors)))
-        self._buckets = _Buckets(k, self._cells, np.arange(len(self._cells)))
-        self._trained_at = len(self._vectors)
+        if self._rows.live < self._rows.size:
+            self._keep(self._rows.live_slots())
+        n = self._rows.size
+        self._basis = _fit_basis(self._vectors[:n])
+        projected = _project(self._vectors[:n], self._basis)
+        self._partition = _Partition.train(projected, _cell_count(n))
+        self._store_projection(slice(0, n), projected)
+        self._buckets = _Buckets(len(self._partition), self._cells[:n], np.arange(n))
+        self._trained_at = n
 
 
 def _vector_self_join(vectors: np.ndarray, min_cosine: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row pairs (a < b) of one batch with cosine >= min_cosine, and their cosines."""
+    n = len(vectors)
     projected = _project(vectors, _fit_basis(vectors))
-    centroids = _train_centroids(projected, _cell_count(len(vectors)))
-    top = _top_cells(projected, centroids, _SELF_JOIN_PROBES)
-    cells = _Buckets(len(centroids), top[:, 0], np.arange(len(vectors)))
-    rows, slots = _candidates(projected, top, cells, projected, _half_norms(projected), min_cosine)
-    # A pair is usually met from both of its items, and every item meets itself: keep each pair once.
+    partition = _Partition.train(projected, _cell_count(n))
+    probe_rows, probe_cells, own = partition.probes(projected, min_cosine, _SELF_JOIN_BREADTH)
+    cells = _Buckets(len(partition), own, np.arange(n))
+    rows, slots = _candidates(projected, probe_rows, probe_cells, cells, projected, _half_norms(projected), min_cosine)
+    # A pair is often met from both of its items, and every item meets itself: keep each pair once.
     a, b = np.minimum(rows, slots), np.maximum(rows, slots)
-    keys = np.unique((a * len(vectors) + b)[a != b])
-    a, b = keys // max(len(vectors), 1), keys % max(len(vectors), 1)
+    keys = np.unique((a * n + b)[a != b])
+    a, b = keys // max(n, 1), keys % max(n, 1)
     cosines = _row_cosines(vectors, a, vectors, b)
     close = cosines >= min_cosine
     return a[close], b[close], cosines[close]
@@ -550,16 +656,23 @@ def _blocks(rows: np.ndarray, probes_per_row: int) -> list[np.ndarray]:
     return [rows[start : start + step] for start in range(0, len(rows), step)]
 
 
-def _probe_block(
-    keys: np.ndarray, rows: np.ndarray, masks: np.ndarray, buckets: _Buckets
-) -> tuple[np.ndarray, np.ndarray]:
-    """(query row, stored slot) for every stored item whose chunk key is keys[row] ^ mask."""
+def _probed_pairs(
+    codes: np.ndarray,
+    keys: np.ndarray,
+    stored: np.ndarray,
+    buckets: _Buckets,
+    chunk: int,
+    max_distance: int,
+    task: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Probe the stored items whose chunk key is keys[row] ^ mask, for task = (rows, masks); keep the close ones."""
+    rows, masks = task
     probes = (keys[rows, None] ^ masks).ravel()
     starts = buckets.offsets[probes]
     counts = buckets.offsets[probes + 1] - starts
     hits = np.flatnonzero(counts)
     owner, positions = _expand(starts[hits], counts[hits])
-    return rows[hits[owner] // masks.size], buckets.slots[positions]
+    return _close_pairs(codes, rows[hits[owner] // masks.size], stored, buckets.slots[positions], chunk, max_distance)
 
 
 def _close_pairs(
@@ -594,9 +707,8 @@ def _probe(
         masks = _flip_masks(width, radius)
         keys = _chunk(codes, bit, width)
         by_key = np.argsort(keys, kind="stable")  # neighbouring queries probe neighbouring table entries
-        for rows in _blocks(by_key, masks.size):
-            rows, slots = _probe_block(keys, rows, masks, buckets)
-            found.append(_close_pairs(codes, rows, stored, slots, j, max_distance))
+        probe = functools.partial(_probed_pairs, codes, keys, stored, buckets, j, max_distance)
+        found += _parallel(probe, [(rows, masks) for rows in _blocks(by_key, masks.size)])
     return _concat(found)
 
 
@@ -637,7 +749,7 @@ class HammingIndex:
         self._codes = _with_room(self._codes, self._rows.size)
         self._codes[slots] = codes
         for (bit, width), buckets in zip(_HASH_CHUNKS, self._chunks, strict=True):
-            buckets.insert(_chunk(codes, bit, width), slots)
+            buckets.insert(_chunk(codes, bit, width), np.arange(slots.start, slots.stop))
 
     def remove(self, ids: Sequence[int] | np.ndarray) -> int:
         """Remove the ids that are stored; returns how many were."""
@@ -705,12 +817,12 @@ def _hash_self_join(codes: np.ndarray, max_distance: int) -> tuple[np.ndarray, n
         keys = _chunk(codes, bit, width)
         masks = _flip_masks(width, radius)[1:]
         top_bits = np.frexp(masks)[1] - 1
+        tasks = []
         for top_bit in np.unique(top_bits):
             group = masks[top_bits == top_bit]
             probing = buckets.slots[(keys[buckets.slots] >> top_bit) & 1 == 0]  # in key order, for locality
-            for rows in _blocks(probing, group.size):
-                rows, slots = _probe_block(keys, rows, group, buckets)
-                found.append(_close_pairs(codes, rows, codes, slots, j, max_distance))
+            tasks += [(rows, group) for rows in _blocks(probing, group.size)]
+        found += _parallel(functools.partial(_probed_pairs, codes, keys, codes, buckets, j, max_distance), tasks)
     rows, slots, distances = _concat(found)
     return np.minimum(rows, slots), np.maximum(rows, slots), distances
 
@@ -771,8 +883,7 @@ def _validated_batch(
     ids, vectors, codes = _as_ids(ids), _as_vectors(vectors, dim), hash_codes(hashes)
     if not len(ids) == len(vectors) == len(codes):
         raise ValueError("ids, vectors and hashes differ in length")
-    if np.unique(ids).size != ids.size:
-        raise ValueError("duplicate ids in one batch")
+    _check_unique(ids)
     return ids, vectors, codes
 
 

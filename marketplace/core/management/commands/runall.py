@@ -1,5 +1,6 @@
 """Run the web server and a Celery worker together; Ctrl-C stops both cleanly."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -25,9 +26,14 @@ class Command(BaseCommand):
                 "--loglevel=INFO", f"--concurrency={concurrency}", "--queues=celery",
             ],
         }  # fmt: skip
+        # Each pool process gets its share of the cores for torch and numpy: left alone, every
+        # process starts one thread per core and they crawl, fighting over them.
+        env = {**os.environ}
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
         # Children get their own session: this process alone decides how they stop.
         children = {
-            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True) for name, cmd in commands.items()
+            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
+            for name, cmd in commands.items()
         }
         stopping = False
 
