@@ -31,6 +31,8 @@ lint: install
 
 bench: install
 	$(PY) bench/ingest.py
+	$(PY) bench/dedup.py
+	$(PY) bench/embed.py
 
 clean:
 	rm -rf var/ .pytest_cache

@@ -236,18 +236,19 @@ def flag_rights_conflicts(asset_id: int) -> Flag | None:
 _loaded_indexes: dict[str, tuple[int, object]] = {}
 
 
-def _load_index(state: IndexState, empty):
+def _load_index(state: IndexState, index_class, *args):
+    """The index at the state's version: from this process's memory, or from shared storage."""
     cached = _loaded_indexes.get(state.name)
     if cached and cached[0] == state.version:
         return cached[1]
     if not state.path:
-        index = empty()
+        index = index_class(*args)
     else:
         with default_storage.open(state.path, "rb") as source, tempfile.NamedTemporaryFile(suffix=".idx") as local:
             for chunk in iter(partial(source.read, 1 << 20), b""):
                 local.write(chunk)
             local.flush()
-            index = type(empty()).load(local.name)
+            index = index_class.load(local.name)
     _loaded_indexes[state.name] = (state.version, index)
     return index
 
@@ -279,11 +280,9 @@ def index_analyses(analyses: list[AssetAnalysis]) -> list[dedup.Pair]:
         dim = analyses[0].embedding_dim
         if vector_state.model_identity and vector_state.model_identity != model_identity():
             raise ValidationError("The embedding index was built with another model: run `manage.py reindex`.")
-        vectors_index = _load_index(vector_state, lambda: dedup.VectorIndex(dim))
+        vectors_index = _load_index(vector_state, dedup.VectorIndex, dim)
         hashes_index = _load_index(hash_state, dedup.HammingIndex)
-        ids = np.array([a.asset_id for a in analyses], dtype=np.int64)
-        vectors = np.stack([np.frombuffer(bytes(a.embedding), dtype=np.float16) for a in analyses]).astype(np.float32)
-        hashes = [a.phash for a in analyses]
+        ids, vectors, hashes = _index_inputs(analyses)
         pairs = dedup.match_new(
             vectors_index,
             hashes_index,
@@ -298,10 +297,7 @@ def index_analyses(analyses: list[AssetAnalysis]) -> list[dedup.Pair]:
         _save_index(vector_state, vectors_index)
         _save_index(hash_state, hashes_index)
         AssetAnalysis.objects.filter(pk__in=[a.pk for a in analyses]).update(indexed_at=timezone.now())
-        assets = Asset.objects.in_bulk({int(p.a) for p in pairs} | {int(p.b) for p in pairs})
-        for pair in pairs:
-            evidence = {"cosine": _round(pair.cosine), "hamming": pair.hamming, "reason": pair.reason}
-            record_pair(assets[int(pair.a)], assets[int(pair.b)], evidence)
+        _record_pairs(pairs)
     return pairs
 
 
@@ -310,7 +306,10 @@ def _round(value):
 
 
 def rebuild_indexes(*, progress: bool = False) -> int:
-    """Rebuild both indexes from stored embeddings of the configured model (`reindex`)."""
+    """Rebuild both indexes from the stored embeddings of the configured model (`reindex`).
+
+    One batch self-join and one save: re-adding in slices would save the whole index per slice.
+    """
     analyses = list(
         AssetAnalysis.objects.filter(
             status=AssetAnalysis.Status.DONE,
@@ -320,22 +319,44 @@ def rebuild_indexes(*, progress: bool = False) -> int:
         ).order_by("asset_id")
     )
     with transaction.atomic():
-        for name in (VECTOR_INDEX, HASH_INDEX):
-            state, _ = IndexState.objects.select_for_update().get_or_create(name=name)
-            if state.path:
-                transaction.on_commit(partial(default_storage.delete, state.path))
-            state.path, state.model_identity, state.items = "", "", 0
-            state.version += 1
-            state.save()
+        vector_state, _ = IndexState.objects.select_for_update().get_or_create(name=VECTOR_INDEX)
+        hash_state, _ = IndexState.objects.select_for_update().get_or_create(name=HASH_INDEX)
+        dim = analyses[0].embedding_dim if analyses else 0
+        vectors_index, hashes_index = dedup.VectorIndex(max(dim, 1)), dedup.HammingIndex()
+        pairs: list[dedup.Pair] = []
+        if analyses:
+            ids, vectors, hashes = _index_inputs(analyses)
+            vectors_index.add(ids, vectors)
+            hashes_index.add(ids, hashes)
+            pairs = dedup.pairs_within(
+                ids,
+                vectors,
+                hashes,
+                min_cosine=settings.CURATION_MIN_COSINE,
+                max_hamming=settings.CURATION_PHASH_MAX_DISTANCE,
+            )
+        vector_state.model_identity = ""  # the new index defines it
+        _save_index(vector_state, vectors_index)
+        _save_index(hash_state, hashes_index)
         AssetAnalysis.objects.update(indexed_at=None)
+        AssetAnalysis.objects.filter(pk__in=[a.pk for a in analyses]).update(indexed_at=timezone.now())
+        _record_pairs(pairs, progress=progress)
+    return len(analyses)
+
+
+def _index_inputs(analyses: list[AssetAnalysis]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    ids = np.array([a.asset_id for a in analyses], dtype=np.int64)
+    vectors = np.stack([np.frombuffer(bytes(a.embedding), dtype=np.float16) for a in analyses]).astype(np.float32)
+    return ids, vectors, [a.phash for a in analyses]
+
+
+def _record_pairs(pairs: list[dedup.Pair], *, progress: bool = False) -> None:
     from tqdm import tqdm
 
-    with tqdm(total=len(analyses), unit="image", desc="Indexing", disable=not progress) as bar:
-        for start in range(0, len(analyses), 1000):
-            batch = analyses[start : start + 1000]
-            index_analyses(batch)
-            bar.update(len(batch))
-    return len(analyses)
+    assets = Asset.objects.in_bulk({int(p.a) for p in pairs} | {int(p.b) for p in pairs})
+    for pair in tqdm(pairs, unit="pair", desc="Recording", disable=not progress):
+        evidence = {"cosine": _round(pair.cosine), "hamming": pair.hamming, "reason": pair.reason}
+        record_pair(assets[int(pair.a)], assets[int(pair.b)], evidence)
 
 
 # --- pairs, clusters, holds --------------------------------------------------------------

@@ -12,9 +12,9 @@ Vector index, an inverted file (IVF) in a projected space:
   which are then checked exactly in full dimension. The filter costs a quarter of the full products.
 - Cells. k-means cuts the projected space into about 4 sqrt(n) cells; an item is compared with the
   items of every cell whose centroid is almost as near as its own one: within a margin of
-  breadth * sqrt(2 - 2t) * (median distance between neighbouring centroids), at most 64 cells. Measured
-  on CLIP-like data at 1M items, this margin finds the pairs missed by a fixed number of probes at
-  a third of the cost. Grouping the queries by cell makes each cell one matrix product, at BLAS speed.
+  breadth * sqrt(2 - 2t) * (median distance between neighbouring centroids), at most 64 cells. On
+  CLIP-like data at 1M items it missed 5 of 8,006 pairs for the scan cost of 8 fixed probes per item,
+  which missed 51. Grouping the queries by cell makes each cell one matrix product, at BLAS speed.
   Recall is measured (bench/dedup.py), not guaranteed; below MIN_TRAIN_SIZE there is one cell and
   the search is exact. Rejected after measuring: exact pruning by Voronoi bisectors (scans 10-35 % of
   the collection per query), two-level routing and centroid-neighbour routing (far lower recall: in
@@ -44,7 +44,7 @@ import functools
 import itertools
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,7 @@ from typing import IO, Any, TypeVar
 import numpy as np
 
 __all__ = [
+    "MAX_HAMMING",
     "MIN_TRAIN_SIZE",
     "HammingIndex",
     "Pair",
@@ -69,9 +70,9 @@ _KMEANS_SAMPLE_PER_CELL = 16  # cells are only a filter (every match is checked 
 _PROJECTED_DIM = 128
 _PCA_SAMPLE = 20000
 _PROJECTION_SLACK = 1e-3  # on -|y - x|^2 / 2: covers float16 storage of the projections (error < 4e-4)
-# Probe margins (see the module docstring), measured on bench/dedup.py's data at 1M items: a self-join
-# finds a pair from either of its items (0.35: recall 0.999); a one-sided query needs a wider margin
-# (0.8: 0.9998; 0.6: 0.999).
+# Probe margins (see the module docstring), measured on bench/dedup.py's data at 1M items, embedding
+# pairs alone (8,006): a self-join finds a pair from either of its items (0.3: recall 0.997, 0.4: 0.9994);
+# a one-sided query needs a wider margin (0.6: 0.999, 0.8: 0.9998).
 _SELF_JOIN_BREADTH = 0.35
 _QUERY_BREADTH = 0.8
 _MAX_PROBES = 64
@@ -79,7 +80,8 @@ _ROWS_PER_BLOCK = 4096  # rows per matrix product when projecting or scoring cen
 _SIMS_PER_BLOCK = 1 << 22  # entries per matrix product in a cell: 16 MB, however large the cell
 _PROBES_PER_BLOCK = 1 << 20  # Hamming probes per vectorised step: about 30 MB of temporaries
 _HASH_CHUNKS = ((0, 21), (21, 21), (42, 22))  # (first bit, width) of each multi-index-hashing chunk
-_WORKERS = os.cpu_count() or 1
+MAX_HAMMING = 12  # probes per query grow as C(21, max_distance / 3): 762 at 8, 10,900 at 12
+_WORKERS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 _FORMAT = 1
 
 _T = TypeVar("_T")
@@ -103,8 +105,13 @@ class Pair:
 # --- shared storage ----------------------------------------------------------------------------------
 
 
-def _parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
-    """function over items on every core, results in order (so deterministic)."""
+def _parallel(function: Callable[[_T], _R], items: Sequence[_T] | np.ndarray) -> list[_R]:
+    """function over items on every core, results in order (so deterministic).
+
+    A pool per call, not one per module: a pool's threads do not survive a fork (Celery's prefork workers).
+    """
+    if len(items) <= 1:
+        return [function(item) for item in items]
     with ThreadPoolExecutor(_WORKERS) as pool:
         return list(pool.map(function, items))
 
@@ -155,7 +162,8 @@ class _Rows:
         self.alive = np.ones(len(ids), bool)
         self.size = len(ids)
         self.live = len(ids)
-        self._sorted_ids, self._sorted_slots = np.sort(ids), np.argsort(ids)
+        self._sorted_slots = np.argsort(ids, kind="stable")
+        self._sorted_ids = ids[self._sorted_slots]
 
     def find(self, ids: np.ndarray) -> np.ndarray:
         """The live slot of each id, -1 where absent."""
@@ -176,6 +184,7 @@ class _Rows:
         return slots
 
     def remove(self, ids: np.ndarray) -> int:
+        ids = np.unique(ids)
         slots = self.find(ids)
         gone = ids[slots >= 0]
         self.alive[slots[slots >= 0]] = False
@@ -385,8 +394,11 @@ class _Partition:
 
     def assign(self, projected: np.ndarray) -> np.ndarray:
         """Each row's own cell: the nearest centroid."""
-        blocks = _parallel(lambda start: self._scores(projected[start : start + _ROWS_PER_BLOCK]).argmax(axis=1),
-                           _blocks_of(len(projected)))  # fmt: skip
+
+        def assign_block(start: int) -> np.ndarray:
+            return self._scores(projected[start : start + _ROWS_PER_BLOCK]).argmax(axis=1)
+
+        blocks = _parallel(assign_block, _blocks_of(len(projected)))
         return np.concatenate(blocks) if blocks else np.empty(0, np.int64)
 
     def probes(
@@ -467,7 +479,8 @@ def _row_cosines(left: np.ndarray, left_rows: np.ndarray, right: np.ndarray, rig
     cosines = np.empty(len(left_rows), np.float32)
     for start in _blocks_of(len(left_rows)):
         part = slice(start, start + _ROWS_PER_BLOCK)
-        a, b = left[left_rows[part]].astype(np.float32), right[right_rows[part]].astype(np.float32)
+        a = left[left_rows[part]].astype(np.float32, copy=False)
+        b = right[right_rows[part]].astype(np.float32, copy=False)
         cosines[part] = np.einsum("ij,ij->i", a, b)
     return cosines
 
@@ -529,12 +542,19 @@ class VectorIndex:
         """Write the index atomically (live rows only)."""
         live = self._rows.live_slots()
         arrays = {
-            "kind": np.array("VectorIndex"), "format": np.array(_FORMAT), "breadth": np.array(self.breadth),
-            "ids": self._rows.ids[live], "vectors": self._vectors[live], "projected": self._projected[live],
-            "half_norms": self._half_norms[live], "cells": self._cells[live], "basis": self._basis,
-            "centroids": self._partition.centroids, "spacing": np.array(self._partition.spacing),
+            "kind": np.array("VectorIndex"),
+            "format": np.array(_FORMAT),
+            "breadth": np.array(self.breadth),
+            "ids": self._rows.ids[live],
+            "vectors": self._vectors[live],
+            "projected": self._projected[live],
+            "half_norms": self._half_norms[live],
+            "cells": self._cells[live],
+            "basis": self._basis,
+            "centroids": self._partition.centroids,
+            "spacing": np.array(self._partition.spacing),
             "trained_at": np.array(self._trained_at),
-        }  # fmt: skip
+        }
         _atomic_save(path, lambda file: np.savez(file, **arrays))
 
     @classmethod
@@ -637,7 +657,12 @@ def _chunk(codes: np.ndarray, first_bit: int, width: int) -> np.ndarray:
 
 
 def _chunk_radii(max_distance: int) -> list[int]:
-    """Probe radius per chunk with sum(r + 1) = max_distance + 1 (pigeonhole); -1: chunk not probed."""
+    """Probe radius per chunk with sum(r + 1) = max_distance + 1 (pigeonhole); -1: chunk not probed.
+
+    A negative max_distance matches nothing (no chunk is probed).
+    """
+    if max_distance > MAX_HAMMING:
+        raise ValueError(f"max_distance above {MAX_HAMMING}: too many probes (and far beyond pHash practice)")
     spare = max_distance + 1 - len(_HASH_CHUNKS)
     return [spare // len(_HASH_CHUNKS) + (i < spare % len(_HASH_CHUNKS)) for i in range(len(_HASH_CHUNKS))]
 
@@ -727,7 +752,8 @@ def _hash_buckets(codes: np.ndarray, slots: np.ndarray) -> list[_Buckets]:
 
 
 class HammingIndex:
-    """64-bit hashes (pHash) by int64 id, searchable by Hamming distance; exact. Not thread-safe.
+    """64-bit hashes (pHash) by int64 id, searchable by Hamming distance (at most MAX_HAMMING); exact.
+    Not thread-safe.
 
     Memory: 28 bytes per item plus fixed tables of 32 MB (int32 offsets over 2^21, 2^21 and 2^22 keys).
     """
@@ -772,9 +798,11 @@ class HammingIndex:
         """Write the index atomically (live rows only)."""
         live = self._rows.live_slots()
         arrays = {
-            "kind": np.array("HammingIndex"), "format": np.array(_FORMAT),
-            "ids": self._rows.ids[live], "codes": self._codes[live],
-        }  # fmt: skip
+            "kind": np.array("HammingIndex"),
+            "format": np.array(_FORMAT),
+            "ids": self._rows.ids[live],
+            "codes": self._codes[live],
+        }
         _atomic_save(path, lambda file: np.savez(file, **arrays))
 
     @classmethod
@@ -841,10 +869,14 @@ def _pairs(
     return [
         Pair(pa, pb, None if np.isnan(cosine) else cosine, None if distance < 0 else distance, reason)
         for pa, pb, cosine, distance, reason in zip(
-            a[order].tolist(), b[order].tolist(), cosines[order].tolist(), distances[order].tolist(),
-            reasons[order].tolist(), strict=True,
+            a[order].tolist(),
+            b[order].tolist(),
+            cosines[order].tolist(),
+            distances[order].tolist(),
+            reasons[order].tolist(),
+            strict=True,
         )
-    ]  # fmt: skip
+    ]
 
 
 def _positions(keys: np.ndarray, part: np.ndarray) -> np.ndarray:
@@ -900,6 +932,8 @@ def pairs_within(
     Hash pairs are exact; embedding pairs have the recall of the vector index (exact below MIN_TRAIN_SIZE).
     """
     ids, vectors, codes = _validated_batch(ids, vectors, hashes)
+    if len(ids) < 2:  # no pair, and the hash tables would cost more than matching one upload
+        return []
     a, b, cosines, distances = _combine(
         _vector_self_join(vectors, min_cosine),
         _hash_self_join(codes, max_hamming),
@@ -937,7 +971,7 @@ def match_new(
         return np.where(has_vector[stored], _row_cosines(vectors, rows, stored_vectors, stored), np.nan)
 
     def distance_of(rows: np.ndarray, stored: np.ndarray) -> np.ndarray:
-        return np.where(has_code[stored], np.bitwise_count(codes[rows] ^ stored_codes[stored]), -1)
+        return np.where(has_code[stored], np.bitwise_count(codes[rows] ^ stored_codes[stored]).astype(np.int64), -1)
 
     rows, stored, cosines, distances = _combine(
         (v_rows[v_new], np.searchsorted(stored_ids, v_ids[v_new]), v_cosines[v_new]),

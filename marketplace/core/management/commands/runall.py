@@ -29,7 +29,9 @@ class Command(BaseCommand):
         # Each pool process gets its share of the cores for torch and numpy: left alone, every
         # process starts one thread per core and they crawl, fighting over them.
         env = {**os.environ}
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // concurrency)))
+        share = str(max(1, (os.cpu_count() or 1) // concurrency))
+        env.setdefault("OMP_NUM_THREADS", share)
+        env.setdefault("OPENBLAS_NUM_THREADS", share)
         # Children get their own session: this process alone decides how they stop.
         children = {
             name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
