@@ -183,6 +183,8 @@ CURATION_BATCH_SIZE = env_int("CURATION_BATCH_SIZE", 32)
 # DataLoader processes decoding images while the model runs (used on CUDA; a CPU keeps its cores for torch).
 CURATION_NUM_WORKERS = env_int("CURATION_NUM_WORKERS", 4)
 CURATION_ANALYSE_ON_READY = env_bool("CURATION_ANALYSE_ON_READY", True)
+# Uploads arrive in bursts: waiting a moment lets one task analyse them as one batch.
+CURATION_BATCH_WAIT_SECONDS = env_int("CURATION_BATCH_WAIT_SECONDS", 3)
 CURATION_PHASH_MAX_DISTANCE = env_int("CURATION_PHASH_MAX_DISTANCE", 8)
 CURATION_MIN_COSINE = env_float("CURATION_MIN_COSINE", 0.95)
 CURATION_MIN_METADATA_SCORE = env_float("CURATION_MIN_METADATA_SCORE", 0.18)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
+from django.utils import timezone
 from PIL import Image, ImageDraw, ImageEnhance
 from rest_framework.test import APIClient
 
@@ -385,3 +386,28 @@ def test_overriding_an_embedded_no_ai_prohibition_goes_to_staff(alice, django_ca
     flag = Flag.objects.get(kind=Flag.Kind.RIGHTS, asset=asset)
     assert "DMI-PROHIBITED-AIMLTRAINING" in flag.evidence["reasons"][0]
     assert selectors.active_holds(asset).exists()
+
+
+def test_uploads_arriving_together_are_analysed_as_one_batch(tiny_clip, settings, alice, put, monkeypatch):
+    settings.CURATION_ANALYSE_ON_READY = False  # the burst arrives before any task runs
+    assets = [put(alice, jpeg(load_photo(n, min_short_side=600)), f"{n}.jpg") for n in ("coffee", "rocket", "hubble")]
+    services.queue_analysis([a.pk for a in assets])  # marked pending; the task is still to come
+    batches = []
+    real_analyse = services.analyse_assets
+    monkeypatch.setattr(services, "analyse_assets", lambda ids: batches.append(sorted(ids)) or real_analyse(ids))
+    from marketplace.curation import tasks
+
+    result = tasks.analyse_pending.apply().get()
+    assert batches == [sorted(a.pk for a in assets)]
+    assert sorted(result["analysed"]) == sorted(a.pk for a in assets)
+    assert AssetAnalysis.objects.filter(status="done", claimed_at__isnull=True).count() == 3
+
+
+def test_a_claimed_batch_is_not_taken_by_a_second_worker_until_its_claim_expires(tiny_clip, settings, alice, put):
+    settings.CURATION_ANALYSE_ON_READY = False
+    asset = put(alice, jpeg(load_photo("coffee", min_short_side=600)), "c.jpg")
+    AssetAnalysis.objects.create(asset=asset)
+    assert services.claim_pending(10) == [asset.pk]
+    assert services.claim_pending(10) == []  # another worker finds nothing to do
+    AssetAnalysis.objects.update(claimed_at=timezone.now() - services.CLAIM_TIMEOUT * 2)  # its worker died
+    assert services.claim_pending(10) == [asset.pk]

@@ -16,6 +16,7 @@ class AssetAnalysis(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
     error = models.TextField(blank=True, help_text="Why the last attempt did not finish.")
     attempts = models.PositiveIntegerField(default=0)
+    claimed_at = models.DateTimeField(null=True, blank=True, help_text="When a worker took it into a batch.")
 
     model_name = models.CharField(max_length=100, blank=True)
     model_pretrained = models.CharField(max_length=500, blank=True)

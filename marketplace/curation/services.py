@@ -4,6 +4,7 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import partial
 
 import numpy as np
@@ -12,7 +13,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files import File
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.catalog.models import Asset
@@ -42,16 +43,42 @@ def model_identity() -> str:
 # --- queueing ----------------------------------------------------------------------------
 
 
+CLAIM_TIMEOUT = timedelta(minutes=15)
+
+
 def queue_analysis(asset_ids: list[int]) -> int:
-    """Mark assets as awaiting analysis and queue a task for them once committed."""
+    """Mark assets as awaiting analysis; once committed, a task analyses whatever is pending in batches."""
     from marketplace.curation import tasks
 
     ready = list(Asset.objects.filter(pk__in=asset_ids, status=Asset.Status.READY).values_list("pk", flat=True))
     for asset_id in ready:
         AssetAnalysis.objects.get_or_create(asset_id=asset_id)
     if ready:
-        transaction.on_commit(partial(tasks.analyse_assets.delay, ready))
+        countdown = settings.CURATION_BATCH_WAIT_SECONDS
+        transaction.on_commit(partial(tasks.analyse_pending.apply_async, countdown=countdown))
     return len(ready)
+
+
+def claim_pending(limit: int) -> list[int]:
+    """Take up to `limit` assets awaiting analysis for this worker; others skip them.
+
+    A claim older than CLAIM_TIMEOUT is taken to belong to a worker that died.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        rows = (
+            AssetAnalysis.objects.select_for_update(skip_locked=True)
+            .filter(status=AssetAnalysis.Status.PENDING, asset__status=Asset.Status.READY)
+            .filter(Q(claimed_at__isnull=True) | Q(claimed_at__lt=now - CLAIM_TIMEOUT))
+            .order_by("created_at", "pk")[:limit]
+        )
+        ids = [row.asset_id for row in rows]
+        AssetAnalysis.objects.filter(asset_id__in=ids).update(claimed_at=now)
+    return ids
+
+
+def release_claims(asset_ids: list[int]) -> None:
+    AssetAnalysis.objects.filter(asset_id__in=asset_ids).update(claimed_at=None)
 
 
 def pending_asset_ids() -> list[int]:
