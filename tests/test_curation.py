@@ -411,3 +411,15 @@ def test_a_claimed_batch_is_not_taken_by_a_second_worker_until_its_claim_expires
     assert services.claim_pending(10) == []  # another worker finds nothing to do
     AssetAnalysis.objects.update(claimed_at=timezone.now() - services.CLAIM_TIMEOUT * 2)  # its worker died
     assert services.claim_pending(10) == [asset.pk]
+
+
+def test_titles_that_do_not_match_the_image_are_flagged(tiny_clip, settings, alice, put):
+    settings.CURATION_MIN_METADATA_SCORE = -1.0  # nothing scores below: no flag
+    fine = put(alice, jpeg(load_photo("coffee", min_short_side=600)), "c.jpg", title="Espresso", tags="coffee")
+    assert not Flag.objects.filter(asset=fine).exists()
+    settings.CURATION_MIN_METADATA_SCORE = 1.01  # everything scores below
+    odd = put(alice, jpeg(load_photo("rocket", min_short_side=600)), "r.jpg", title="A kitten asleep", tags="cat")
+    flag = Flag.objects.get(kind=Flag.Kind.MISLEADING, asset=odd)
+    assert flag.evidence["metadata_score"] == AssetAnalysis.objects.get(asset=odd).metadata_score
+    untitled = put(alice, jpeg(load_photo("hubble", min_short_side=600)), "h.jpg")
+    assert not Flag.objects.filter(kind=Flag.Kind.MISLEADING, asset=untitled).exists()  # nothing to compare
