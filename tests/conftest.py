@@ -97,3 +97,32 @@ def gps_exif() -> Image.Exif:
     gps[1], gps[2] = "N", (51.0, 30.0, 12.0)
     gps[3], gps[4] = "W", (0.0, 7.0, 39.0)
     return exif
+
+
+# --- curation models: built (and the tiny CLIP trained) once per test run ----------------------
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("curation-models")
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(model_folder):
+    from marketplace.core.photos import PHOTOS
+    from tests.curation_models import train_tiny_clip_on_photos
+
+    return train_tiny_clip_on_photos(model_folder, [load_photo(name) for name in PHOTOS])
+
+
+@pytest.fixture
+def tiny_clip(settings, trained_checkpoint):
+    """A tiny CLIP that tells the test photos apart, configured as an offline site would."""
+    from marketplace.curation.engine import clip
+    from tests.curation_models import TINY_CLIP
+
+    spec = clip.ModelSpec(name=TINY_CLIP, pretrained=str(trained_checkpoint), device="cpu")
+    settings.CURATION_CLIP_MODEL, settings.CURATION_CLIP_PRETRAINED = spec.name, spec.pretrained
+    settings.CURATION_DEVICE = "cpu"
+    settings.CURATION_ANALYSE_ON_READY = True
+    return spec

@@ -6,21 +6,12 @@ import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from marketplace.catalog import services as catalog
-from marketplace.core.photos import PHOTOS, load_photo
+from marketplace.core.photos import load_photo
 from marketplace.curation import selectors
 from marketplace.curation.models import Flag, FlagDecision
-from tests.curation_models import TINY_CLIP, train_tiny_clip_on_photos
 from tests.test_browser import browser, expect, log_in, page, server  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture
-def curation_on(settings, tmp_path_factory):
-    checkpoint = train_tiny_clip_on_photos(tmp_path_factory.mktemp("models"), [load_photo(n) for n in PHOTOS])
-    settings.CURATION_CLIP_MODEL, settings.CURATION_CLIP_PRETRAINED = TINY_CLIP, str(checkpoint)
-    settings.CURATION_DEVICE = "cpu"
-    settings.CURATION_ANALYSE_ON_READY = True
 
 
 def jpeg(image, quality=90) -> bytes:
@@ -30,7 +21,7 @@ def jpeg(image, quality=90) -> bytes:
 
 
 def test_staff_review_a_cross_creator_duplicate_and_release_the_hold(
-    server, curation_on, alice, bob, staff, page, expect, django_capture_on_commit_callbacks
+    server, tiny_clip, alice, bob, staff, page, expect, django_capture_on_commit_callbacks
 ):
     photo = load_photo("motorcycle", min_short_side=720)
     with django_capture_on_commit_callbacks(execute=True):

@@ -368,9 +368,8 @@ def test_dark_and_washed_out_copies_are_flagged_but_white_backgrounds_are_not():
 
 def test_hashes_and_dict():
     result = quality.assess_quality(jpeg(photo("chelsea")), 2400, 1600)
-    assert len(result.phash) == len(result.dhash) == 16
-    int(result.phash, 16), int(result.dhash, 16)
+    assert len(result.dhash) == 16 and int(result.dhash, 16) >= 0  # 64 bits as hex
     as_dict = result.as_dict()
-    assert as_dict["ok"] is True and as_dict["reasons"] == [] and as_dict["phash"] == result.phash
-    same = quality.assess_quality(photo("chelsea"))
-    assert same.phash == result.phash or bin(int(same.phash, 16) ^ int(result.phash, 16)).count("1") <= 4
+    assert as_dict["ok"] is True and as_dict["reasons"] == [] and as_dict["dhash"] == result.dhash
+    same = quality.assess_quality(photo("chelsea"))  # the pixels before JPEG: a near-identical hash
+    assert bin(int(same.dhash, 16) ^ int(result.dhash, 16)).count("1") <= 4

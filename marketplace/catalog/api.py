@@ -55,8 +55,8 @@ class AssetSerializer(serializers.ModelSerializer):
         return bool(asset.property_release)
 
     def get_holds(self, asset) -> list[dict]:
-        # Holds are curation's; read through the reverse relation so the catalogue does not import it.
-        active = asset.holds.filter(released_at__isnull=True).order_by("created_at")
+        # Holds are curation's; read through the (prefetched) reverse relation, not an import of it.
+        active = sorted((hold for hold in asset.holds.all() if hold.is_active), key=lambda hold: hold.created_at)
         return [{"reason": hold.reason, "since": hold.created_at} for hold in active]
 
     def get_page_url(self, asset) -> str:

@@ -12,7 +12,8 @@ def visible_assets(user) -> QuerySet[Asset]:
     """Staff see every asset; anyone else only their own."""
     if not user.is_authenticated:
         return Asset.objects.none()
-    assets = Asset.objects.select_related("owner").prefetch_related("tags")
+    # "holds" is curation's reverse relation: lists show whether an image is held out of packs.
+    assets = Asset.objects.select_related("owner").prefetch_related("tags", "holds")
     return assets if user.is_staff else assets.filter(owner=user)
 
 

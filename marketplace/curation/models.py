@@ -29,7 +29,6 @@ class AssetAnalysis(models.Model):
     tags = models.JSONField(default=list, blank=True, help_text="[[tag, score], ...], best first")
     metadata_score = models.FloatField(null=True, blank=True, help_text="CLIP score of the creator's title/tags")
 
-    phash = models.CharField(max_length=16, blank=True)
     dhash = models.CharField(max_length=16, blank=True)
     sharpness = models.FloatField(null=True, blank=True)
     quality_ok = models.BooleanField(null=True)
@@ -55,6 +54,10 @@ class AssetAnalysis(models.Model):
 
     def __str__(self):
         return f"analysis of {self.asset_id}"
+
+    @property
+    def model_identity(self) -> str:
+        return f"{self.model_name}:{self.model_pretrained}"
 
     @property
     def effective_training_caption(self) -> str:
@@ -135,8 +138,15 @@ class FlagDecision(models.Model):
         ordering = ["created_at", "id"]
 
 
+class HoldQuerySet(models.QuerySet):
+    def active(self):
+        return self.filter(released_at__isnull=True)
+
+
 class Hold(models.Model):
     """An asset kept out of packs until staff resolve the flag behind it. The creator sees why."""
+
+    objects = HoldQuerySet.as_manager()
 
     asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="holds")
     flag = models.ForeignKey(Flag, on_delete=models.CASCADE, related_name="holds")
@@ -149,6 +159,10 @@ class Hold(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["asset", "flag"], name="curation_hold_unique_per_flag")]
+
+    @property
+    def is_active(self) -> bool:
+        return self.released_at is None
 
 
 class IndexState(models.Model):

@@ -11,7 +11,7 @@ from marketplace.curation.models import AssetAnalysis, Flag, Hold
 
 
 def active_holds(asset: Asset) -> QuerySet[Hold]:
-    return Hold.objects.filter(asset=asset, released_at__isnull=True).select_related("flag")
+    return Hold.objects.active().filter(asset=asset).select_related("flag")
 
 
 def open_flags(kind: str = "") -> QuerySet[Flag]:
@@ -44,13 +44,17 @@ class SearchHit:
     score: float | None
 
 
-def filtered_analyses(filters: SearchFilters) -> QuerySet[AssetAnalysis]:
-    analyses = AssetAnalysis.objects.filter(
+def current_analyses() -> QuerySet[AssetAnalysis]:
+    """Finished analyses by the configured model: the only ones whose embeddings compare."""
+    return AssetAnalysis.objects.filter(
         status=AssetAnalysis.Status.DONE,
         model_name=settings.CURATION_CLIP_MODEL,
         model_pretrained=settings.CURATION_CLIP_PRETRAINED,
-        asset__withdrawn_at__isnull=True,
     )
+
+
+def filtered_analyses(filters: SearchFilters) -> QuerySet[AssetAnalysis]:
+    analyses = current_analyses().filter(asset__withdrawn_at__isnull=True)
     if filters.quality_ok:
         analyses = analyses.filter(quality_ok=True)
     if filters.tag:

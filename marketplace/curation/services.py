@@ -17,6 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.catalog.models import Asset
+from marketplace.curation import selectors
 from marketplace.curation.engine import captions, clip, dedup, quality
 from marketplace.curation.models import AssetAnalysis, DuplicateCluster, Flag, FlagDecision, Hold, IndexState
 
@@ -38,6 +39,11 @@ def model_spec() -> clip.ModelSpec:
 
 def model_identity() -> str:
     return f"{settings.CURATION_CLIP_MODEL}:{settings.CURATION_CLIP_PRETRAINED}"
+
+
+def is_current(analysis: AssetAnalysis) -> bool:
+    """Done, by the configured model: nothing to redo."""
+    return analysis.status == AssetAnalysis.Status.DONE and analysis.model_identity == model_identity()
 
 
 # --- queueing ----------------------------------------------------------------------------
@@ -84,12 +90,12 @@ def release_claims(asset_ids: list[int]) -> None:
 def pending_asset_ids() -> list[int]:
     """Ready assets never analysed, or analysed by another model than the configured one."""
     missing = Asset.objects.filter(status=Asset.Status.READY, analysis__isnull=True).values_list("pk", flat=True)
+    current = selectors.current_analyses().values_list("pk", flat=True)
     stale = (
-        AssetAnalysis.objects.exclude(status=AssetAnalysis.Status.DONE, model_name=settings.CURATION_CLIP_MODEL,
-                                      model_pretrained=settings.CURATION_CLIP_PRETRAINED)
+        AssetAnalysis.objects.exclude(pk__in=current)
         .filter(asset__status=Asset.Status.READY)
         .values_list("asset_id", flat=True)
-    )  # fmt: skip
+    )
     return sorted(set(missing) | set(stale))
 
 
@@ -110,19 +116,10 @@ def analyse_assets(asset_ids: list[int]) -> AnalysisReport:
     "awaiting analysis" with the reason recorded, and a later run picks them up.
     """
     report = AnalysisReport()
-    identity = (settings.CURATION_CLIP_MODEL, settings.CURATION_CLIP_PRETRAINED)
     todo: list[Asset] = []
     for asset in Asset.objects.filter(pk__in=asset_ids).select_related("owner").prefetch_related("tags"):
         analysis, _ = AssetAnalysis.objects.get_or_create(asset=asset)
-        current = (
-            analysis.status == AssetAnalysis.Status.DONE
-            and (
-                analysis.model_name,
-                analysis.model_pretrained,
-            )
-            == identity
-        )
-        if asset.status != Asset.Status.READY or current:
+        if asset.status != Asset.Status.READY or is_current(analysis):
             report.skipped.append(asset.pk)
         else:
             todo.append(asset)
@@ -157,10 +154,12 @@ def analyse_assets(asset_ids: list[int]) -> AnalysisReport:
         text, sources = captions.training_caption(result.caption, asset.title, asset.tag_names)
         with transaction.atomic():
             analysis = AssetAnalysis.objects.select_for_update().get(asset=asset)
+            analysis.asset = asset  # the instance at hand: indexing reads its pHash
             analysis.status = AssetAnalysis.Status.DONE
             analysis.error = ""
             analysis.attempts += 1
-            analysis.model_name, analysis.model_pretrained = identity
+            analysis.model_name = settings.CURATION_CLIP_MODEL
+            analysis.model_pretrained = settings.CURATION_CLIP_PRETRAINED
             analysis.embedding = np.asarray(result.embedding, dtype=np.float16).tobytes()
             analysis.embedding_dim = len(result.embedding)
             analysis.caption = result.caption
@@ -168,7 +167,6 @@ def analyse_assets(asset_ids: list[int]) -> AnalysisReport:
             analysis.caption_parts = _jsonable(result.caption_parts)
             analysis.tags = [[tag, round(float(score), 4)] for tag, score in result.tags]
             analysis.metadata_score = None if result.metadata_score is None else float(result.metadata_score)
-            analysis.phash = asset.phash or verdict.phash
             analysis.dhash = verdict.dhash
             analysis.sharpness = verdict.sharpness
             analysis.quality_ok = verdict.ok
@@ -213,7 +211,6 @@ def _flag_analysis(analysis: AssetAnalysis, asset: Asset) -> None:
             other_asset=None,
             defaults={"evidence": {"metadata_score": analysis.metadata_score, "caption": analysis.caption}},
         )
-    flag_rights_conflicts(asset.pk)
     for other in Asset.objects.filter(sha256=asset.sha256).exclude(owner=asset.owner).exclude(pk=asset.pk):
         record_pair(asset, other, {"reason": "identical file (SHA-256)", "sha256": asset.sha256}, exact=True)
 
@@ -338,12 +335,10 @@ def rebuild_indexes(*, progress: bool = False) -> int:
     One batch self-join and one save: re-adding in slices would save the whole index per slice.
     """
     analyses = list(
-        AssetAnalysis.objects.filter(
-            status=AssetAnalysis.Status.DONE,
-            model_name=settings.CURATION_CLIP_MODEL,
-            model_pretrained=settings.CURATION_CLIP_PRETRAINED,
-            asset__withdrawn_at__isnull=True,
-        ).order_by("asset_id")
+        selectors.current_analyses()
+        .filter(asset__withdrawn_at__isnull=True)
+        .select_related("asset")
+        .order_by("asset_id")
     )
     with transaction.atomic():
         vector_state, _ = IndexState.objects.select_for_update().get_or_create(name=VECTOR_INDEX)
@@ -362,7 +357,6 @@ def rebuild_indexes(*, progress: bool = False) -> int:
                 min_cosine=settings.CURATION_MIN_COSINE,
                 max_hamming=settings.CURATION_PHASH_MAX_DISTANCE,
             )
-        vector_state.model_identity = ""  # the new index defines it
         _save_index(vector_state, vectors_index)
         _save_index(hash_state, hashes_index)
         AssetAnalysis.objects.update(indexed_at=None)
@@ -374,7 +368,7 @@ def rebuild_indexes(*, progress: bool = False) -> int:
 def _index_inputs(analyses: list[AssetAnalysis]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     ids = np.array([a.asset_id for a in analyses], dtype=np.int64)
     vectors = np.stack([np.frombuffer(bytes(a.embedding), dtype=np.float16) for a in analyses]).astype(np.float32)
-    return ids, vectors, [a.phash for a in analyses]
+    return ids, vectors, [a.asset.phash for a in analyses]  # the ingest pipeline's pHash
 
 
 def _record_pairs(pairs: list[dedup.Pair], *, progress: bool = False) -> None:
@@ -460,7 +454,7 @@ def decide_flag(flag: Flag, *, actor, action: str, note: str = "") -> Flag:
             flag.status = Flag.Status.MERGED
         elif action == FlagDecision.Action.KEEP:
             flag.status = Flag.Status.KEPT
-            Hold.objects.filter(flag=flag, released_at__isnull=True).update(released_at=now, released_by=actor)
+            Hold.objects.active().filter(flag=flag).update(released_at=now, released_by=actor)
             if flag.kind == Flag.Kind.NEAR_DUPLICATE:
                 _split_from_cluster(flag.asset)
         else:

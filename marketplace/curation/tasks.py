@@ -11,21 +11,6 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, max_retries=5, acks_late=True)
-def analyse_assets(self, asset_ids: list[int]) -> dict:
-    """Analyse and index a batch of ready assets. Idempotent: a redelivery redoes nothing done."""
-    try:
-        report = services.analyse_assets(asset_ids)
-    except ModelUnavailable as error:
-        # A configuration problem: retrying will not help until someone fixes the setting.
-        # The assets stay "awaiting analysis" with this reason; `manage.py curate` picks them up.
-        logger.error("curation is waiting for its model: %s", error)
-        return {"waiting_for_model": str(error)}
-    except (OSError, DatabaseError) as error:
-        raise self.retry(exc=error, countdown=min(600, 10 * 2**self.request.retries)) from error
-    return {"analysed": report.analysed, "skipped": report.skipped, "failed": report.failed}
-
-
-@shared_task(bind=True, max_retries=5, acks_late=True)
 def analyse_pending(self, max_batches: int = 100) -> dict:
     """Analyse everything awaiting analysis, a batch at a time. Workers running this side by side
     claim different assets."""
@@ -37,6 +22,8 @@ def analyse_pending(self, max_batches: int = 100) -> dict:
         try:
             report = services.analyse_assets(batch)
         except ModelUnavailable as error:
+            # A configuration problem: retrying will not help until someone fixes the setting.
+            # The assets stay "awaiting analysis" with this reason; `manage.py curate` picks them up.
             logger.error("curation is waiting for its model: %s", error)
             return {"analysed": analysed, "waiting_for_model": str(error)}
         except (OSError, DatabaseError) as error:

@@ -43,8 +43,7 @@ class Quality:
     luminance_p75: float
     clipped_dark: float  # fraction of pixels at pure black
     clipped_bright: float  # fraction of pixels at pure white
-    dhash: str
-    phash: str
+    dhash: str  # the pHash comes from the ingest pipeline (catalog.imaging)
     reasons: tuple[str, ...]  # empty when the image looks fine
 
     @property
@@ -88,7 +87,6 @@ def assess_quality(image: bytes | Image.Image, width: int | None = None, height:
         clipped_dark=round(float((luminance <= CLIPPED_DARK).mean()), 4),
         clipped_bright=round(float((luminance >= CLIPPED_BRIGHT).mean()), 4),
         dhash=str(imagehash.dhash(gray)),
-        phash=str(imagehash.phash(gray)),
         reasons=tuple(reasons),
     )
 
