@@ -29,6 +29,12 @@ def media_root(tmp_path, settings) -> Path:
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Hashing the named users' passwords with PBKDF2 dominated many tests' set-up time."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def curation_off(settings):
     """Curation runs only in the tests that ask for it (with a tiny local model: no network)."""
     settings.CURATION_ANALYSE_ON_READY = False
@@ -126,3 +132,65 @@ def tiny_clip(settings, trained_checkpoint):
     settings.CURATION_DEVICE = "cpu"
     settings.CURATION_ANALYSE_ON_READY = True
     return spec
+
+
+# --- packs, sales and royalties -----------------------------------------------------------------
+
+
+@pytest.fixture
+def make_eligible_asset(django_capture_on_commit_callbacks):
+    """A ready, consented, commercially licensed upload of a real photo, with a finished analysis
+    that passed quality (no model is run: the embedding is a seeded random unit vector)."""
+    import numpy as np
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.utils import timezone
+
+    from marketplace.catalog import services as catalog
+    from marketplace.curation.models import AssetAnalysis
+
+    def make(
+        owner,
+        photo="astronaut",
+        *,
+        title=None,
+        licence="mkt-ai-commercial-1.0",
+        size=None,
+        quality_ok=True,
+        embedding=None,
+        caption=None,
+        **metadata,
+    ):
+        title = title if title is not None else f"{photo} by {owner.username}"
+        metadata = {"title": title, "licence": licence, "ai_training_consent": True, **metadata}
+        data = photo_bytes(photo, size=size) if size else photo_bytes(photo)
+        with django_capture_on_commit_callbacks(execute=True):
+            asset = catalog.upload_asset(
+                owner=owner, uploaded_file=SimpleUploadedFile(f"{photo}.jpg", data), metadata=metadata
+            )
+        asset.refresh_from_db()
+        assert asset.status == asset.Status.READY, asset.failure_reason
+        if embedding is None:
+            embedding = np.random.default_rng(asset.pk).standard_normal(64)
+        embedding = np.asarray(embedding, dtype=np.float32)
+        embedding /= np.linalg.norm(embedding)
+        from django.conf import settings
+
+        AssetAnalysis.objects.update_or_create(
+            asset=asset,
+            defaults=dict(
+                status=AssetAnalysis.Status.DONE,
+                model_name=settings.CURATION_CLIP_MODEL,
+                model_pretrained=settings.CURATION_CLIP_PRETRAINED,
+                embedding=embedding.astype(np.float16).tobytes(),
+                embedding_dim=embedding.size,
+                caption=f"a photo of {photo}",
+                caption_source="phrase-bank",
+                training_caption=caption or f"{title}, a photo of {photo}",
+                quality_ok=quality_ok,
+                quality={"reasons": [] if quality_ok else ["too blurry"]},
+                analysed_at=timezone.now(),
+            ),
+        )
+        return asset
+
+    return make

@@ -247,6 +247,10 @@ def _apply_metadata(asset: Asset, *, actor, changes: dict, releases: dict, saved
             kind=AssetEvent.Kind.CONSENT_GIVEN if consent else AssetEvent.Kind.CONSENT_WITHDRAWN,
             details={"licence": asset.licence},
         )
+        if not consent:
+            transaction.on_commit(
+                partial(signals.asset_withdrawn.send, sender=Asset, asset_id=asset.pk, reason="consent_withdrawn")
+            )
 
     release_data: dict[str, tuple[bytes, str]] = {}
     for field in RELEASE_FIELDS:
@@ -293,6 +297,9 @@ def withdraw_asset(asset: Asset, *, actor) -> Asset:
             locked.withdrawn_at = timezone.now()
             locked.save(update_fields=["withdrawn_at", "updated_at"])
             AssetEvent.objects.create(asset=locked, actor=actor, kind=AssetEvent.Kind.WITHDRAWN)
+            transaction.on_commit(
+                partial(signals.asset_withdrawn.send, sender=Asset, asset_id=locked.pk, reason="withdrawn")
+            )
     return locked
 
 

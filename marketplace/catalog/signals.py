@@ -7,3 +7,8 @@ asset_ready = Signal()
 # Sent after commit when a creator confirms rights over an embedded AI-training prohibition;
 # receivers get `asset_id`. Curation puts such overrides in front of staff.
 rights_override_confirmed = Signal()
+
+# Sent after commit when a creator withdraws an image or their consent to AI training;
+# receivers get `asset_id` and `reason` ("withdrawn" or "consent_withdrawn"). Packs listen:
+# the image leaves future versions and is named on published versions' revocation lists.
+asset_withdrawn = Signal()

@@ -1,0 +1,9 @@
+from django.dispatch import receiver
+
+from marketplace.catalog.signals import asset_withdrawn
+from marketplace.packs import services
+
+
+@receiver(asset_withdrawn)
+def revoke_withdrawn_asset(sender, asset_id, reason, **kwargs):
+    services.revoke_asset(asset_id, reason=reason)
