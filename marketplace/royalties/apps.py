@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class RoyaltiesConfig(AppConfig):
+    name = "marketplace.royalties"
+    label = "royalties"
