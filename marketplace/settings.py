@@ -59,6 +59,9 @@ INSTALLED_APPS = [
     "marketplace.accounts",
     "marketplace.catalog",
     "marketplace.curation",
+    "marketplace.packs",
+    "marketplace.commerce",
+    "marketplace.royalties",
     "training",
 ]
 
@@ -189,6 +192,32 @@ CURATION_PHASH_MAX_DISTANCE = env_int("CURATION_PHASH_MAX_DISTANCE", 8)
 CURATION_MIN_COSINE = env_float("CURATION_MIN_COSINE", 0.95)
 CURATION_MIN_METADATA_SCORE = env_float("CURATION_MIN_METADATA_SCORE", 0.18)
 
+# --- Packs and downloads ---------------------------------------------------------
+PACK_SHARD_MAX_BYTES = env_int("PACK_SHARD_MAX_BYTES", 1_000_000_000)  # WebDataset shard size
+PACK_SHARD_MAX_ITEMS = env_int("PACK_SHARD_MAX_ITEMS", 10_000)
+DOWNLOAD_LINK_SECONDS = env_int("DOWNLOAD_LINK_SECONDS", 3600)  # signed per-buyer links expire
+
+# --- Payments (Stripe; localstripe on 127.0.0.1:8420 in the embedded set-up) ---------
+STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_localstripe")
+STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_localstripe")
+STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "whsec_localstripe")
+# Empty means api.stripe.com and js.stripe.com; the embedded set-up points both at localstripe.
+LOCALSTRIPE_URL = env_str("LOCALSTRIPE_URL", "" if env_str("STRIPE_SECRET_KEY") else "http://127.0.0.1:8420")
+STRIPE_API_BASE = env_str("STRIPE_API_BASE", LOCALSTRIPE_URL)
+STRIPE_JS_URL = env_str(
+    "STRIPE_JS_URL", f"{LOCALSTRIPE_URL}/js.stripe.com/v3/" if LOCALSTRIPE_URL else "https://js.stripe.com/v3/"
+)
+if not LOCALSTRIPE_URL and not env_str("STRIPE_WEBHOOK_SECRET"):
+    raise ImproperlyConfigured(
+        "STRIPE_WEBHOOK_SECRET must be set with real Stripe keys (the endpoint's signing secret)"
+    )
+# Stripe Connect Express payouts to creators: off unless the platform account has Connect.
+STRIPE_CONNECT_ENABLED = env_bool("STRIPE_CONNECT_ENABLED", False)
+
+# --- Royalties ------------------------------------------------------------------------
+PLATFORM_SHARE_PERCENT = env_int("PLATFORM_SHARE_PERCENT", 15)
+PAYOUT_MINIMUM_CENTS = env_int("PAYOUT_MINIMUM_CENTS", 2500)
+
 # --- Accounts -------------------------------------------------------------------
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900)
@@ -232,6 +261,13 @@ CELERY_TASK_ACKS_LATE = True  # tasks are idempotent: a worker lost mid-task mea
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Periodic work (run by `celery beat`; `manage.py runall` starts it inside its worker).
+CELERY_BEAT_SCHEDULE = {
+    "royalties-pay-out-all": {
+        "task": "marketplace.royalties.tasks.pay_out_all",
+        "schedule": env_int("PAYOUT_INTERVAL_SECONDS", 3600),
+    },
+}
 
 # --- API ------------------------------------------------------------------------
 REST_FRAMEWORK = {

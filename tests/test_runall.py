@@ -44,6 +44,7 @@ def marketplace_env(tmp_path):
     env.update(
         {"VAR_DIR": str(tmp_path / "var"), "DEBUG": "true", "PYTHONUNBUFFERED": "1", "CURATION_ANALYSE_ON_READY": "0"}
     )
+    env["LOCALSTRIPE_URL"] = f"http://127.0.0.1:{free_port()}"  # not 8420: `make run` may be using it
     if env.get("CELERY_BROKER_URL", "").startswith("redis://"):
         env["CELERY_BROKER_URL"] = env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/9"  # a queue of its own
     manage = [sys.executable, "manage.py"]
@@ -75,6 +76,9 @@ def test_web_and_worker_process_an_upload_and_stop_on_ctrl_c(marketplace_env, tm
         detail_url = f"{base}/api/assets/{created.json()['id']}/"
         ready = wait_for(lambda: _status(detail_url, headers) == "ready" and _status(detail_url, headers))
         assert ready == "ready"
+        # The embedded fake Stripe runs beside them, serving Stripe.js to the checkout page.
+        stripe_js = requests.get(marketplace_env["LOCALSTRIPE_URL"] + "/js.stripe.com/v3/", timeout=10)
+        assert stripe_js.status_code == 200 and "confirmCardPayment" in stripe_js.text
     finally:
         process.send_signal(signal.SIGINT)
         returncode = process.wait(timeout=60)
@@ -84,6 +88,7 @@ def test_web_and_worker_process_an_upload_and_stop_on_ctrl_c(marketplace_env, tm
     assert "Stopped." in output
     assert "succeeded" in output  # the worker, not the web process, ran the task
     assert not _answers(base)
+    assert not _answers(marketplace_env["LOCALSTRIPE_URL"] + "/js.stripe.com/v3")
 
 
 def _answers(base) -> bool:

@@ -8,6 +8,9 @@ import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.urls import reverse
+
+from marketplace.commerce import embedded
 
 
 class Command(BaseCommand):
@@ -24,6 +27,8 @@ class Command(BaseCommand):
             "worker": [
                 python, "-m", "celery", "-A", "marketplace", "worker",
                 "--loglevel=INFO", f"--concurrency={concurrency}", "--queues=celery",
+                # One machine: this worker also runs the periodic tasks (payouts).
+                "--beat", f"--schedule={settings.VAR_DIR / 'celerybeat-schedule'}",
             ],
         }  # fmt: skip
         # Each pool process gets its share of the cores for torch and numpy: left alone, every
@@ -33,10 +38,24 @@ class Command(BaseCommand):
         env.setdefault("OMP_NUM_THREADS", share)
         env.setdefault("OPENBLAS_NUM_THREADS", share)
         # Children get their own session: this process alone decides how they stop.
-        children = {
-            name: subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
-            for name, cmd in commands.items()
-        }
+        children = {}
+        if settings.LOCALSTRIPE_URL:
+            # No Stripe keys configured: payments go to localstripe, a fake Stripe on this machine.
+            children["localstripe"] = embedded.start_localstripe(
+                settings.LOCALSTRIPE_URL,
+                data_file=settings.VAR_DIR / "localstripe.pickle",
+                cwd=settings.BASE_DIR,
+                env=env,
+            )
+            embedded.wait_until_up(settings.LOCALSTRIPE_URL)
+            embedded.register_webhook(
+                settings.LOCALSTRIPE_URL,
+                webhook_url=f"http://{addr}{reverse('commerce:stripe-webhook')}",
+                secret=settings.STRIPE_WEBHOOK_SECRET,
+            )
+            self.stdout.write(f"Fake Stripe (localstripe) on {settings.LOCALSTRIPE_URL}: pay with 4242 4242 4242 4242")
+        for name, cmd in commands.items():
+            children[name] = subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
         stopping = False
 
         def stop(signum=None, frame=None):
@@ -44,7 +63,7 @@ class Command(BaseCommand):
             if stopping:
                 return
             stopping = True
-            self.stdout.write("\nStopping web server and worker…")
+            self.stdout.write(f"\nStopping {', '.join(children)}…")
             for child in children.values():
                 if child.poll() is None:
                     child.send_signal(signal.SIGTERM)  # Celery: warm shutdown, finishes its task

@@ -33,6 +33,15 @@ DEMO_PHOTOS = (
 )
 
 
+DEMO_PACK = {
+    "title": "Demo: everyday photographs",
+    "slug": "demo-everyday",
+    "description": "Real photographs of people, objects, animals and space, for trying out the marketplace.",
+    "use": "commercial",
+    "price_cents": 4900,
+}
+
+
 def demo_jpeg(photo: str, *, with_gps: bool) -> bytes:
     """A real photo as a camera would write it: EXIF camera fields, and GPS for some."""
     image = load_photo(photo, min_short_side=768)
@@ -61,10 +70,31 @@ class Command(BaseCommand):
         for photo, title, tags, licence, consent, with_gps in DEMO_PHOTOS:
             added += self._upload(creator, photo, title, tags, licence, consent, with_gps)
         self.stdout.write(self.style.SUCCESS(f"Demo data ready ({added} new images)."))
+        self._demo_pack(users["admin"])
         self.stdout.write("Log in at http://127.0.0.1:8000/accounts/login/ as:")
         for username, password, creator_role, _buyer, staff in DEMO_USERS:
             role = "staff (admin)" if staff else "creator" if creator_role else "buyer"
             self.stdout.write(f"  {role:14} {username} / {password}")
+
+    def _demo_pack(self, admin) -> None:
+        """A pack of the demo photos, published as soon as curation has passed them."""
+        from django.core.exceptions import ValidationError
+
+        from marketplace.packs import services as packs
+        from marketplace.packs.models import Pack
+
+        pack = Pack.objects.filter(slug=DEMO_PACK["slug"]).first() or packs.save_pack(actor=admin, **DEMO_PACK)
+        if pack.versions.exists():
+            return
+        try:
+            version = packs.publish_version(pack, actor=admin)
+        except ValidationError:
+            self.stdout.write(
+                f"The demo pack “{pack.title}” will be publishable once curation has analysed the photos "
+                "(the worker does it; the curation model must be available): staff publish it at /staff/packs/."
+            )
+        else:
+            self.stdout.write(f"Published {version}: http://127.0.0.1:8000/packs/{pack.slug}/")
 
     def _user(self, username, password, *, creator, buyer, staff) -> User:
         user = User.objects.filter(username=username).first()
