@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/dedup.py
 	$(PY) bench/embed.py
+	$(PY) bench/export.py
 
 clean:
 	rm -rf var/ .pytest_cache

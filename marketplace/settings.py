@@ -195,6 +195,9 @@ CURATION_MIN_METADATA_SCORE = env_float("CURATION_MIN_METADATA_SCORE", 0.18)
 # --- Packs and downloads ---------------------------------------------------------
 PACK_SHARD_MAX_BYTES = env_int("PACK_SHARD_MAX_BYTES", 1_000_000_000)  # WebDataset shard size
 PACK_SHARD_MAX_ITEMS = env_int("PACK_SHARD_MAX_ITEMS", 10_000)
+# Exports hash every image against its published SHA-256 while copying it. Off: only sizes are checked
+# and the kernel copies the bytes (faster; for storage trusted to keep files intact).
+PACK_EXPORT_VERIFY = env_bool("PACK_EXPORT_VERIFY", True)
 DOWNLOAD_LINK_SECONDS = env_int("DOWNLOAD_LINK_SECONDS", 3600)  # signed per-buyer links expire
 
 # --- Payments (Stripe; localstripe on 127.0.0.1:8420 in the embedded set-up) ---------
@@ -283,7 +286,8 @@ REST_FRAMEWORK = {
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Creator Dataset Marketplace API",
-    "DESCRIPTION": "Upload licensed images, manage their metadata and consent.",
+    "DESCRIPTION": "Creators upload licensed images and manage their metadata and consent; "
+    "buyers list their pack licences and fetch signed download links.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",

@@ -6,6 +6,7 @@ def test_openapi_schema_describes_the_asset_api(client, db):
     assert "/api/assets/{id}/withdraw/" in schema["paths"]
     upload = schema["paths"]["/api/assets/"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
+    assert "/api/pack-licences/{id}/downloads/" in schema["paths"]  # buyers' scripts
 
 
 def test_api_docs_work_offline(client, db):

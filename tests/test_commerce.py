@@ -13,6 +13,7 @@ import pytest
 from django.core import mail
 from django.db import connection
 from django.urls import reverse
+from rest_framework.test import APIClient
 
 from marketplace.catalog import services as catalog
 from marketplace.commerce import services, stripe_gateway
@@ -394,8 +395,32 @@ def test_someone_elses_order_and_licence_are_not_found(client, licence, bob):
 
 
 def _links(client, licence) -> dict[str, str]:
-    data = client.get(reverse("commerce:downloads", args=[licence.pk]), {"format": "json"}).json()
-    return {f["name"]: f["url"] for export in data["exports"] for f in export["files"]}
+    exports = client.get(reverse("pack-licence-downloads", args=[licence.pk])).json()
+    return {f["name"]: f["url"] for export in exports for f in export["files"]}
+
+
+def test_buyers_scripts_list_their_licences_and_links_through_the_api(client, licence, carol, bob, order, deliver):
+    from rest_framework.authtoken.models import Token
+
+    api = APIClient()
+    assert api.get("/api/pack-licences/").status_code == 401
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=carol).key}")
+    [listed] = api.get("/api/pack-licences/").json()["results"]
+    assert (listed["id"], listed["pack"], listed["version"]) == (str(licence.pk), "everyday", 1)
+    assert listed["manifest_sha256"] == licence.manifest_sha256 and listed["active"] is True
+    exports = api.get(listed["downloads_url"]).json()
+    assert {e["kind"]: e["status"] for e in exports} == {"webdataset": "ready", "imagefolder": "ready"}
+    zip_file = next(f for e in exports for f in e["files"] if f["name"].endswith(".zip"))
+    assert zip_file["url"].startswith("http://testserver/downloads/")
+    assert client.get(zip_file["url"]).status_code == 200  # the link alone downloads (curl)
+
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=bob).key}")
+    assert api.get("/api/pack-licences/").json()["results"] == []
+    assert api.get(listed["downloads_url"]).status_code == 404
+
+    deliver(client, refund_event(order, event_id="evt_refund"))
+    api.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user=carol).key}")
+    assert api.get(listed["downloads_url"]).status_code == 403
 
 
 def test_signed_links_download_for_their_buyer_only_until_they_expire(client, licence, carol, bob, settings):

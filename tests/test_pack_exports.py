@@ -586,3 +586,26 @@ def test_a_streamed_source_of_the_wrong_length_leaves_no_shard(tmp_path):
     with pytest.raises(exports.ItemIntegrityError, match="Item 000001: its delivery file is shorter"):
         write([samples[0], short, samples[2]], tmp_path / "out", max_items=1)
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_trusting_storage_copies_the_same_bytes_and_still_checks_sizes(tmp_path):
+    """PACK_EXPORT_VERIFY off: the kernel copies the files (no hashing), the shards are the same bytes,
+    a resized file still fails; a same-size alteration is what verification is for, and passes here."""
+    samples = plain_samples(tmp_path, 5)
+    (tmp_path / "checked").mkdir(), (tmp_path / "trusted").mkdir(), (tmp_path / "resized").mkdir()
+    checked = write(samples, tmp_path / "checked", max_items=2)
+    trusted = write(samples, tmp_path / "trusted", max_items=2, verify=False)
+    assert [p.read_bytes() for p in checked] == [p.read_bytes() for p in trusted]
+
+    samples[3].source.write_bytes(samples[3].source.read_bytes() + b"!")
+    with pytest.raises(exports.ItemIntegrityError, match="Item 000003: its delivery file is .* bytes"):
+        write(samples, tmp_path / "resized", verify=False)
+    assert list((tmp_path / "resized").iterdir()) == []
+
+    columns = {"asset_id": 1, "creator": "alice", "licence": "cc0-1.0", "sha256": ""}
+    zip_samples = [exports.Sample(**{**vars(sample), "metadata": columns}) for sample in samples[:3]]
+    zipped = exports.write_imagefolder_zip(
+        zip_samples, tmp_path / "p.zip", date_time=(2026, 1, 1, 0, 0, 0), top_files=[], verify=False
+    )
+    with zipfile.ZipFile(zipped) as archive:
+        assert archive.read("train/000001.jpg") == samples[1].source.read_bytes()

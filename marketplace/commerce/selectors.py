@@ -2,7 +2,9 @@
 
 from django.db.models import QuerySet
 from django.http import Http404
+from django.urls import reverse
 
+from marketplace.commerce import downloads
 from marketplace.commerce.models import Order, PackLicence
 from marketplace.packs.models import PackExport, Revocation
 
@@ -45,3 +47,16 @@ def own_licence(user, pk) -> PackLicence:
 
 def licence_exports(licence: PackLicence) -> list[PackExport]:
     return list(PackExport.objects.filter(version_id=licence.version_id).order_by("kind"))
+
+
+def download_listing(licence: PackLicence) -> list[dict]:
+    """Each download format of the licensed version with, once built, its files and fresh signed links."""
+    rows = []
+    for export in licence_exports(licence):
+        files = []
+        if export.status == PackExport.Status.READY:
+            for entry in export.files:
+                token = downloads.make_token(licence, export, entry["name"])
+                files.append({**entry, "url": reverse("commerce:download-file", args=[token])})
+        rows.append({"export": export, "files": files})
+    return rows

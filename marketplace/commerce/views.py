@@ -138,15 +138,7 @@ def downloads(request, pk):
     licence = selectors.own_licence(request.user, pk)
     if not licence.is_active:
         return render(request, "commerce/downloads.html", {"licence": licence, "exports": []}, status=403)
-    exports = selectors.licence_exports(licence)
-    rows = []
-    for export in exports:
-        files = []
-        if export.status == PackExport.Status.READY:
-            for entry in export.files:
-                token = download_links.make_token(licence, export, entry["name"])
-                files.append({**entry, "url": reverse("commerce:download-file", args=[token])})
-        rows.append({"export": export, "files": files})
+    rows = selectors.download_listing(licence)
     building = any(row["export"].status in (PackExport.Status.PENDING, PackExport.Status.BUILDING) for row in rows)
     context = {
         "licence": licence,
@@ -154,25 +146,6 @@ def downloads(request, pk):
         "building": building or not rows,
         "link_minutes": settings.DOWNLOAD_LINK_SECONDS // 60,
     }
-    if request.GET.get("format") == "json":
-        return JsonResponse(
-            {
-                "exports": [
-                    {
-                        "kind": row["export"].kind,
-                        "status": row["export"].status,
-                        "done": row["export"].done_items,
-                        "total": row["export"].total_items,
-                        "files": [
-                            {k: f[k] for k in ("name", "bytes", "sha256")}
-                            | {"url": request.build_absolute_uri(f["url"])}
-                            for f in row["files"]
-                        ],
-                    }
-                    for row in rows
-                ]
-            }
-        )
     return render(request, "commerce/downloads.html", context)
 
 

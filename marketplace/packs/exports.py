@@ -16,6 +16,7 @@ import json
 import logging
 import mmap
 import os
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -106,10 +107,12 @@ class _Payload:
     mapping once it proved right; a stream is hashed chunk by chunk as it is written.
     """
 
-    def __init__(self, sample: Sample, pool: ThreadPoolExecutor):
+    def __init__(self, sample: Sample, pool: ThreadPoolExecutor, *, verify: bool = True):
         self.sample = sample
+        self.verify = verify
         self._mapping: mmap.mmap | None = None
-        self._digest: Future | None = None if callable(sample.source) else pool.submit(self._map_and_hash)
+        local = not callable(sample.source)
+        self._digest: Future | None = pool.submit(self._map_and_hash) if local and verify else None
 
     def _map_and_hash(self) -> str:
         sample = self.sample
@@ -132,6 +135,9 @@ class _Payload:
     def write_to(self, out) -> None:
         """Write exactly the published bytes, or raise ItemIntegrityError if they do not hash to the published
         SHA-256 (a mapped file is checked before anything is written; a stream as it ends)."""
+        if not self.verify and not callable(self.sample.source):
+            self._copy_unverified(out)
+            return
         if self._digest is None:
             digest = self._stream_to(out)
         else:
@@ -143,6 +149,34 @@ class _Payload:
                 f"{self.sample.described}: its delivery file does not match the published SHA-256 "
                 f"(expected {self.sample.sha256}, read {digest}); the file changed after publication."
             )
+
+    def _copy_unverified(self, out) -> None:
+        """Trusting storage (PACK_EXPORT_VERIFY off): only the size is checked, and the kernel copies the bytes."""
+        sample = self.sample
+        try:
+            source = open(sample.source, "rb")  # noqa: SIM115  (closed below)
+        except FileNotFoundError as error:
+            raise ItemIntegrityError(f"{sample.described}: its delivery file is missing ({error.filename}).") from error
+        with source:
+            size = os.fstat(source.fileno()).st_size
+            if size != sample.byte_size:
+                raise ItemIntegrityError(
+                    f"{sample.described}: its delivery file is {size} bytes, but the published item has "
+                    f"{sample.byte_size}; the file changed after publication."
+                )
+            try:
+                target = out.fileno()
+            except (AttributeError, OSError):  # a zip member: no file descriptor of its own
+                shutil.copyfileobj(source, out, CHUNK_BYTES)
+                return
+            out.flush()
+            offset = 0
+            while offset < size:
+                sent = os.sendfile(target, source.fileno(), offset, size - offset)
+                if sent == 0:
+                    raise ItemIntegrityError(f"{sample.described}: its delivery file ended early.")
+                offset += sent
+            out.seek(0, os.SEEK_END)  # the buffered writer learns where the descriptor now is
 
     def _stream_to(self, out) -> str:
         hasher, copied = hashlib.sha256(), 0
@@ -176,8 +210,9 @@ class _Payload:
 class _VerifiedReader:
     """The samples' payloads in order, with the next few files already being hashed by other threads."""
 
-    def __init__(self, samples: Iterable[Sample], workers: int | None):
+    def __init__(self, samples: Iterable[Sample], workers: int | None, *, verify: bool = True):
         self._samples = iter(samples)
+        self._verify = verify
         self._pool = ThreadPoolExecutor(max_workers=workers or min(4, os.cpu_count() or 1))
         self._pending: deque[_Payload] = deque()
 
@@ -196,7 +231,7 @@ class _VerifiedReader:
                 sample = next(self._samples, None)
                 if sample is None:
                     break
-                self._pending.append(_Payload(sample, self._pool))
+                self._pending.append(_Payload(sample, self._pool, verify=self._verify))
                 ahead_bytes += sample.byte_size
             if not self._pending:
                 return
@@ -259,6 +294,7 @@ def write_webdataset_shards(
     on_progress: Callable[[int], None] | None = None,
     fsync: bool = True,
     workers: int | None = None,
+    verify: bool = True,
 ) -> list[Path]:
     """Write the samples as WebDataset shards `<shard_prefix>-000000.tar`, ... in `folder`; returns their paths.
 
@@ -267,13 +303,15 @@ def write_webdataset_shards(
     `max_bytes` or `max_items` (a single sample larger than `max_bytes` gets a shard of its own). Headers
     carry `mtime`, uid/gid 0, mode 0644 and no owner names: the same samples give the same bytes.
     With `fsync`, each finished shard is flushed to disk once. On any error no shard is left behind.
+    With `verify` (the default) every file is hashed and checked against its SHA-256 before it is written;
+    without it only sizes are checked and the kernel copies the bytes (for storage trusted to keep them).
     """
     folder = Path(folder)
     shards: list[Path] = []
     shard: _TarShard | None = None
     done = 0
     try:
-        with _VerifiedReader(samples, workers) as payloads:
+        with _VerifiedReader(samples, workers, verify=verify) as payloads:
             for payload in payloads:
                 sample = payload.sample
                 metadata, caption = _json_bytes(sample.metadata), sample.caption.encode("utf-8")
@@ -327,6 +365,7 @@ def write_imagefolder_zip(
     top_files: list[tuple[str, bytes]],
     on_progress: Callable[[int], None] | None = None,
     workers: int | None = None,
+    verify: bool = True,
 ) -> Path:
     """Write a zip in the Hugging Face imagefolder layout: `train/<key>.<ext>` and `train/metadata.jsonl`
     (file_name, text = caption, and the IMAGEFOLDER_COLUMNS of each sample's metadata), with `top_files`
@@ -339,7 +378,7 @@ def write_imagefolder_zip(
         with zipfile.ZipFile(path, "w", allowZip64=True) as archive:
             for name, data in top_files:
                 archive.writestr(_zip_entry(name, date_time, zipfile.ZIP_DEFLATED), data)
-            with _VerifiedReader(samples, workers) as payloads:
+            with _VerifiedReader(samples, workers, verify=verify) as payloads:
                 for payload in payloads:
                     sample = payload.sample
                     entry = _zip_entry(f"train/{sample.file_name}", date_time, zipfile.ZIP_STORED, sample.byte_size)
@@ -610,6 +649,7 @@ def _write_files(export: PackExport, scratch: Path, progress: _Progress) -> list
             mtime=int(published_at.timestamp()),
             on_progress=progress,
             fsync=False,  # scratch: storage makes the saved copy durable
+            verify=settings.PACK_EXPORT_VERIFY,
         )
         extra = {
             "manifest.json": manifest,
@@ -629,6 +669,7 @@ def _write_files(export: PackExport, scratch: Path, progress: _Progress) -> list
             ("datasheet.json", canonical_bytes(version.datasheet)),
         ],
         on_progress=progress,
+        verify=settings.PACK_EXPORT_VERIFY,
     )
     return [(zip_path.name, zip_path)]
 
