@@ -17,7 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.catalog.models import Asset
-from marketplace.curation import selectors
+from marketplace.curation import selectors, signals
 from marketplace.curation.engine import captions, clip, dedup, quality
 from marketplace.curation.models import AssetAnalysis, DuplicateCluster, Flag, FlagDecision, Hold, IndexState
 
@@ -185,6 +185,8 @@ def analyse_assets(asset_ids: list[int]) -> AnalysisReport:
         )
     if done:
         index_analyses(done)
+        analysed_ids = [analysis.asset_id for analysis in done]
+        transaction.on_commit(lambda: signals.assets_analysed.send(sender=AssetAnalysis, asset_ids=analysed_ids))
     return report
 
 

@@ -34,6 +34,10 @@ class Pack(models.Model):
     size = models.PositiveIntegerField(null=True, blank=True, help_text="At most this many images, sampled diversely.")
 
     is_listed = models.BooleanField(default=True, help_text="Shown in the public catalogue once published.")
+    publish_when_eligible = models.BooleanField(
+        default=False,
+        help_text="Publish the first version by itself as soon as curation has passed enough images (the demo pack).",
+    )
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -367,6 +367,18 @@ def publish_version(pack: Pack, *, actor, query_vector: np.ndarray | None = None
     return version
 
 
+def publish_waiting_packs() -> list[PackVersion]:
+    """Publish the first version of each pack set to publish itself once images are eligible."""
+    published = []
+    waiting = Pack.objects.filter(publish_when_eligible=True, versions__isnull=True, created_by__is_staff=True)
+    for pack in waiting.select_related("created_by"):
+        try:
+            published.append(publish_version(pack, actor=pack.created_by))
+        except ValidationError as error:  # nothing eligible yet: the next analysed batch tries again
+            logger.info("%s is not publishable yet: %s", pack, error)
+    return published
+
+
 # --- withdrawals -----------------------------------------------------------------------------------
 
 

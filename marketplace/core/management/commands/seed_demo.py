@@ -83,15 +83,19 @@ class Command(BaseCommand):
         from marketplace.packs import services as packs
         from marketplace.packs.models import Pack
 
-        pack = Pack.objects.filter(slug=DEMO_PACK["slug"]).first() or packs.save_pack(actor=admin, **DEMO_PACK)
+        pack = Pack.objects.filter(slug=DEMO_PACK["slug"]).first()
+        if pack is None:
+            # Curation analyses the photos in the worker, after seeding: the pack publishes itself once they pass.
+            pack = packs.save_pack(actor=admin, **DEMO_PACK)
+            Pack.objects.filter(pk=pack.pk).update(publish_when_eligible=True)
         if pack.versions.exists():
             return
         try:
             version = packs.publish_version(pack, actor=admin)
         except ValidationError:
             self.stdout.write(
-                f"The demo pack “{pack.title}” will be publishable once curation has analysed the photos "
-                "(the worker does it; the curation model must be available): staff publish it at /staff/packs/."
+                f"The demo pack “{pack.title}” publishes itself once curation has analysed the photos "
+                "(the worker does it; the curation model must be available)."
             )
         else:
             self.stdout.write(f"Published {version}: http://127.0.0.1:8000/packs/{pack.slug}/")
