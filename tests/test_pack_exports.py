@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.core.files.storage import default_storage
+from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.core.storage import AtomicFileSystemStorage
@@ -609,3 +610,30 @@ def test_trusting_storage_copies_the_same_bytes_and_still_checks_sizes(tmp_path)
     )
     with zipfile.ZipFile(zipped) as archive:
         assert archive.read("train/000001.jpg") == samples[1].source.read_bytes()
+
+
+def test_staff_see_each_downloads_state_and_build_a_failed_one_again(
+    version, media_root, staff, carol, client, django_capture_on_commit_callbacks
+):
+    item = version.items.get(position=1)
+    original = delivery_bytes(item)
+    (media_root / item.file_name).write_bytes(original[:-10])
+    with django_capture_on_commit_callbacks(execute=True):
+        exports.ensure_exports(version)
+    webdataset = version.exports.get(kind=PackExport.Kind.WEBDATASET)
+    rebuild = reverse("packs:staff-export-rebuild", args=[version.pack_id, webdataset.pk])
+
+    client.force_login(carol)
+    assert client.post(rebuild).status_code == 302 and not PackExport.objects.filter(status="ready").exists()
+
+    client.force_login(staff)
+    page = client.get(reverse("packs:staff-edit", args=[version.pack_id])).content.decode()
+    assert page.count(">Failed<") == 2 and "Item 000001" in page and rebuild in page
+    (media_root / item.file_name).write_bytes(original)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(rebuild)
+    assert response.status_code == 302
+    webdataset.refresh_from_db()
+    assert webdataset.status == PackExport.Status.READY
+    page = client.get(reverse("packs:staff-edit", args=[version.pack_id])).content.decode()
+    assert ">Ready<" in page and page.count("Build again") == 1  # the zip still waits for its own rebuild

@@ -13,4 +13,7 @@ urlpatterns = [
     path("staff/packs/new/", views.staff_pack_edit, name="staff-new"),
     path("staff/packs/<int:pk>/", views.staff_pack_edit, name="staff-edit"),
     path("staff/packs/<int:pk>/publish/", views.staff_pack_publish, name="staff-publish"),
+    path(
+        "staff/packs/<int:pk>/exports/<int:export_pk>/rebuild/", views.staff_export_rebuild, name="staff-export-rebuild"
+    ),
 ]

@@ -15,7 +15,7 @@ from marketplace.core.money import format_cents
 from marketplace.packs import selectors, services
 from marketplace.packs.datasheet import render_html
 from marketplace.packs.forms import PackForm
-from marketplace.packs.models import Pack
+from marketplace.packs.models import Pack, PackExport
 
 THUMBNAILS_PER_PAGE = 48
 
@@ -123,9 +123,25 @@ def staff_pack_edit(request, pk=None):
         "form": form,
         "selection": selection,
         "selection_error": selection_error,
-        "versions": pack.versions.all() if pack else [],
+        "versions": pack.versions.prefetch_related("exports") if pack else [],
     }
     return render(request, "packs/staff_edit.html", context)
+
+
+@staff_member_required
+@require_POST
+def staff_export_rebuild(request, pk, export_pk):
+    """Build a download again: one that failed, or whose build was lost with its worker or broker."""
+    from marketplace.packs.exports import ExportError, retry_export
+
+    export = get_object_or_404(PackExport.objects.select_related("version"), pk=export_pk, version__pack_id=pk)
+    try:
+        retry_export(export)
+    except ExportError as error:
+        messages.error(request, str(error))
+    else:
+        messages.success(request, f"{export.get_kind_display()} of v{export.version.number} queued for building.")
+    return redirect("packs:staff-edit", pk=pk)
 
 
 @staff_member_required
