@@ -210,6 +210,12 @@ STRIPE_API_BASE = env_str("STRIPE_API_BASE", LOCALSTRIPE_URL)
 STRIPE_JS_URL = env_str(
     "STRIPE_JS_URL", f"{LOCALSTRIPE_URL}/js.stripe.com/v3/" if LOCALSTRIPE_URL else "https://js.stripe.com/v3/"
 )
+if not DEBUG and LOCALSTRIPE_URL and not env_str("LOCALSTRIPE_URL"):
+    # Production without keys would quietly take payments on a fake Stripe that is not there.
+    raise ImproperlyConfigured(
+        "STRIPE_SECRET_KEY, STRIPE_PUBLISHABLE_KEY and STRIPE_WEBHOOK_SECRET must be set when DEBUG is false "
+        "(or LOCALSTRIPE_URL, for a staging site on the fake Stripe)"
+    )
 if not LOCALSTRIPE_URL and not env_str("STRIPE_WEBHOOK_SECRET"):
     raise ImproperlyConfigured(
         "STRIPE_WEBHOOK_SECRET must be set with real Stripe keys (the endpoint's signing secret)"

@@ -24,6 +24,9 @@ PRODUCTION = {
     "CELERY_BROKER_URL": "redis://redis.example.com:6379/0",
     "CACHE_URL": "redis://redis.example.com:6379/1",
     "MEDIA_S3_BUCKET": "market-media",
+    "STRIPE_SECRET_KEY": "sk_live_example",
+    "STRIPE_PUBLISHABLE_KEY": "pk_live_example",
+    "STRIPE_WEBHOOK_SECRET": "whsec_example",
 }
 
 
@@ -38,6 +41,21 @@ def test_production_refuses_to_start_without_a_secret_key(tmp_path):
     result = run_manage("check", env_overrides=env, tmp_path=tmp_path)
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is false" in result.stderr
+
+
+def test_production_talks_to_stripe_and_refuses_to_start_without_its_keys(tmp_path):
+    script = "from django.conf import settings as s; print(repr(s.STRIPE_API_BASE), s.STRIPE_JS_URL)"
+    result = run_manage("shell", "-v", "0", "-c", script, env_overrides=PRODUCTION, tmp_path=tmp_path)
+    assert result.stdout.split() == ["''", "https://js.stripe.com/v3/"], result.stderr  # api.stripe.com
+    no_keys = {k: v for k, v in PRODUCTION.items() if not k.startswith("STRIPE_")}
+    result = run_manage("check", env_overrides=no_keys, tmp_path=tmp_path)
+    assert (
+        result.returncode != 0
+        and "STRIPE_SECRET_KEY, STRIPE_PUBLISHABLE_KEY and STRIPE_WEBHOOK_SECRET" in result.stderr
+    )
+    no_webhook_secret = {k: v for k, v in PRODUCTION.items() if k != "STRIPE_WEBHOOK_SECRET"}
+    result = run_manage("check", env_overrides=no_webhook_secret, tmp_path=tmp_path)
+    assert result.returncode != 0 and "STRIPE_WEBHOOK_SECRET must be set" in result.stderr
 
 
 def test_a_bad_boolean_is_reported_by_name(tmp_path):
