@@ -1,10 +1,10 @@
 """Dataset packs: a staff recipe (Pack) and its frozen, published versions (PackVersion)."""
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 
 from marketplace.catalog.models import Asset
+from marketplace.core.models import WriteOnceModel
 
 
 class Pack(models.Model):
@@ -50,19 +50,13 @@ class Pack(models.Model):
         return self.title
 
 
-class FrozenModel(models.Model):
-    """A row that never changes once written: published data buyers rely on."""
+class FrozenModel(WriteOnceModel):
+    """Published data buyers rely on."""
+
+    change_refused = "A published {name} never changes; publish a new version."
 
     class Meta:
         abstract = True
-
-    def save(self, *args, **kwargs):
-        if self.pk is not None and not self._state.adding:
-            raise ValidationError(f"A published {self._meta.verbose_name} never changes; publish a new version.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise ValidationError(f"A published {self._meta.verbose_name} cannot be deleted.")
 
 
 class PackVersion(FrozenModel):

@@ -6,10 +6,10 @@ is the negated sum of their account's entries.
 """
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import models
 
 from marketplace.catalog.models import Asset
+from marketplace.core.models import WriteOnceModel
 
 
 class Account(models.Model):
@@ -45,19 +45,13 @@ class Account(models.Model):
         return f"{self.get_kind_display()} {self.creator_id or ''}".strip()
 
 
-class ImmutableModel(models.Model):
+class ImmutableModel(WriteOnceModel):
     """Ledger rows are written once: corrections are new reversing transactions."""
+
+    change_refused = "Ledger rows are immutable; post a reversing transaction instead."
 
     class Meta:
         abstract = True
-
-    def save(self, *args, **kwargs):
-        if not self._state.adding:
-            raise ValidationError("Ledger rows are immutable; post a reversing transaction instead.")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args, **kwargs):
-        raise ValidationError("Ledger rows are immutable; post a reversing transaction instead.")
 
 
 class Transaction(ImmutableModel):
