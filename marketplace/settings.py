@@ -227,6 +227,15 @@ STRIPE_CONNECT_ENABLED = env_bool("STRIPE_CONNECT_ENABLED", False)
 PLATFORM_SHARE_PERCENT = env_int("PLATFORM_SHARE_PERCENT", 15)
 PAYOUT_MINIMUM_CENTS = env_int("PAYOUT_MINIMUM_CENTS", 2500)
 
+# --- Training ---------------------------------------------------------------------
+# Where a worker keeps a run's cache and checkpoints while it trains. A run resumes from here after a
+# crash, a cancel or a restart, so put it on a disk that outlives the worker process (or a shared one,
+# for resuming on another machine). Finished outputs are saved to media storage.
+TRAINING_WORK_DIR = Path(env_str("TRAINING_WORK_DIR", str(VAR_DIR / "training")))
+TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")  # auto, cpu or cuda
+# A running run's worker renews this lease; a redelivered task finding a live lease is refused.
+TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 300)
+
 # --- Accounts -------------------------------------------------------------------
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900)
@@ -270,6 +279,8 @@ CELERY_TASK_ACKS_LATE = True  # tasks are idempotent: a worker lost mid-task mea
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Training runs go to their own queue, taken by GPU workers (`celery ... -Q training`).
+CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "training"}}
 # Periodic work (run by `celery beat`; `manage.py runall` starts it inside its worker).
 CELERY_BEAT_SCHEDULE = {
     "royalties-pay-out-all": {

@@ -18,6 +18,7 @@ from rest_framework.test import APIClient
 from marketplace.catalog import services as catalog
 from marketplace.commerce import services, stripe_gateway
 from marketplace.commerce.models import Order, PackLicence, StripeEvent
+from marketplace.commerce.signals import licence_revoked
 from marketplace.packs import services as packs
 from marketplace.royalties.models import Transaction
 from marketplace.royalties.selectors import available_cents as creator_balance
@@ -322,8 +323,14 @@ def test_a_refund_revokes_the_licence_and_reverses_the_royalties(client, order, 
     deliver(client, intent_event("payment_intent.succeeded", order, event_id="evt_ok"))
     licence = PackLicence.objects.get()
     assert creator_balance(alice) > 0
-    deliver(client, refund_event(order, event_id="evt_refund"))
-    deliver(client, refund_event(order, event_id="evt_refund"))  # replayed
+    told = []
+    licence_revoked.connect(lambda sender, licence_id, **kw: told.append(licence_id), weak=False, dispatch_uid="t")
+    try:
+        deliver(client, refund_event(order, event_id="evt_refund"))
+        deliver(client, refund_event(order, event_id="evt_refund"))  # replayed
+    finally:
+        licence_revoked.disconnect(dispatch_uid="t")
+    assert told == [licence.pk]  # training stops the licence's runs
     order.refresh_from_db()
     licence.refresh_from_db()
     assert order.status == "refunded" and not licence.is_active

@@ -6,6 +6,7 @@ same transaction as the licence, so a sale is recorded whole or not at all.
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -13,7 +14,7 @@ from django.db import IntegrityError, transaction
 from django.urls import reverse
 from django.utils import timezone
 
-from marketplace.commerce import stripe_gateway
+from marketplace.commerce import signals, stripe_gateway
 from marketplace.commerce.models import Order, PackLicence, StripeEvent
 from marketplace.packs.models import PackVersion
 
@@ -250,9 +251,12 @@ def _charge_refunded(order: Order, charge: dict) -> str:
     order.save(update_fields=["status", "refunded_at"])
     if not was_paid:
         return "refunded before fulfilment: nothing granted"
-    PackLicence.objects.filter(order=order, revoked_at__isnull=True).update(
+    revoked = list(PackLicence.objects.filter(order=order, revoked_at__isnull=True).values_list("pk", flat=True))
+    PackLicence.objects.filter(pk__in=revoked).update(
         revoked_at=order.refunded_at, revoked_reason="The payment was refunded."
     )
+    for licence_id in revoked:
+        transaction.on_commit(partial(signals.licence_revoked.send, sender=PackLicence, licence_id=licence_id))
     from marketplace.royalties import services as royalties
 
     royalties.record_refund(order)

@@ -26,7 +26,7 @@ class Command(BaseCommand):
             "web": [python, "manage.py", "runserver", addr, "--noreload"],
             "worker": [
                 python, "-m", "celery", "-A", "marketplace", "worker",
-                "--loglevel=INFO", f"--concurrency={concurrency}", "--queues=celery",
+                "--loglevel=INFO", f"--concurrency={concurrency}", "--queues=celery,training",
                 # One machine: this worker also runs the periodic tasks (payouts).
                 "--beat", f"--schedule={settings.VAR_DIR / 'celerybeat-schedule'}",
             ],
