@@ -34,6 +34,7 @@ bench: install
 	$(PY) bench/dedup.py
 	$(PY) bench/embed.py
 	$(PY) bench/export.py
+	$(PY) bench/train.py
 
 clean:
 	rm -rf var/ .pytest_cache

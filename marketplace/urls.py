@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("marketplace.packs.urls")),
     path("", include("marketplace.commerce.urls")),
     path("", include("marketplace.royalties.urls")),
+    path("", include("training.urls")),
     path("api/", include("marketplace.accounts.api_urls")),
     path("api/", include("marketplace.catalog.api_urls")),
     path("api/", include("marketplace.commerce.api_urls")),

@@ -1,0 +1,359 @@
+"""Training runs in Django: launching on a licence, the Celery task (eager here), the lease that keeps a
+redelivered task from training a run twice, cancel and revocation, and who sees which run and its files.
+
+CPU, a tiny Stable Diffusion pipeline built offline, and a real published pack with its WebDataset export."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.test import Client
+from django.urls import reverse
+from django.utils import timezone
+
+from marketplace.accounts.services import register_user
+from marketplace.commerce.models import Order, PackLicence
+from marketplace.commerce.signals import licence_revoked
+from marketplace.packs import services as packs
+from marketplace.packs.models import PackExport
+from training import services
+from training.engine.tiny import build_tiny_pipeline
+from training.models import TrainingRun, TrainingUsage
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
+
+HYPERPARAMETERS = dict(
+    resolution=64,
+    batch_size=2,
+    max_steps=6,
+    learning_rate=1e-3,
+    checkpoint_every=2,
+    validation_every=3,
+    validation_prompts=["a photo of a cat"],
+    validation_steps=2,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two threads contend on this 2-core machine: tiny training runs several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "tiny-sd")
+
+
+@pytest.fixture(autouse=True)
+def training_settings(settings, tmp_path):
+    settings.TRAINING_WORK_DIR = tmp_path / "training-work"
+    settings.TRAINING_DEVICE = "cpu"
+    settings.TRAINING_LEASE_SECONDS = 300
+    settings.UPLOAD_MIN_SHORT_SIDE = 64  # small photos: the tiny run encodes them quickly
+
+
+@pytest.fixture
+def version(make_eligible_asset, alice, bob, staff, django_capture_on_commit_callbacks):
+    make_eligible_asset(alice, "astronaut", size=(160, 120))
+    make_eligible_asset(alice, "coffee", size=(120, 160))
+    make_eligible_asset(bob, "chelsea", size=(128, 128))
+    pack = packs.save_pack(actor=staff, title="Everyday things", slug="everyday", price_cents=5000, use="commercial")
+    with django_capture_on_commit_callbacks(execute=True):
+        version = packs.publish_version(pack, actor=staff)
+    export = version.exports.get(kind=PackExport.Kind.WEBDATASET)
+    assert export.status == PackExport.Status.READY, export.error
+    return version
+
+
+def paid_licence(version, buyer) -> PackLicence:
+    order = Order.objects.create(
+        buyer=buyer,
+        version=version,
+        amount_cents=version.price_cents,
+        currency="usd",
+        status=Order.Status.PAID,
+        paid_at=timezone.now(),
+    )
+    return PackLicence.objects.create(
+        order=order, buyer=buyer, version=version, terms=version.licence_terms, manifest_sha256=version.manifest_sha256
+    )
+
+
+@pytest.fixture
+def licence(version, carol) -> PackLicence:
+    return paid_licence(version, carol)
+
+
+@pytest.fixture
+def dave(db):
+    return register_user(username="dave", email="dave@example.com", password="x" * 12, is_creator=False, is_buyer=True)
+
+
+def client_for(user=None) -> Client:
+    client = Client()
+    if user is not None:
+        client.force_login(user)
+    return client
+
+
+def launch(staff, licence, tiny_base, **overrides) -> TrainingRun:
+    """A queued run (tests run in a transaction: its task is not sent unless on-commit callbacks run)."""
+    return services.launch_run(
+        actor=staff, licence=licence, base_model=str(tiny_base), **{**HYPERPARAMETERS, **overrides}
+    )
+
+
+def form_data(licence, tiny_base, **overrides) -> dict:
+    data = {
+        "licence": str(licence.pk),
+        "base_model": str(tiny_base),
+        "rank": 16,
+        "alpha": 16,
+        "learning_rate": 1e-3,
+        "lr_scheduler": "constant",
+        "lr_warmup_steps": 0,
+        "max_steps": 6,
+        "batch_size": 2,
+        "gradient_accumulation": 1,
+        "resolution": 64,
+        "seed": 42,
+        "mixed_precision": "bf16",
+        "snr_gamma": 5.0,
+        "caption_dropout": 0.05,
+        "validation_prompts": "a photo of a cat\n",
+        "validation_every": 3,
+        "checkpoint_every": 2,
+    }
+    return {**data, **overrides}
+
+
+def stop_at(monkeypatch, step: int) -> None:
+    """Ask the run to stop once it reaches `step` (as a cancel from the page would), checked at every step."""
+    monkeypatch.setattr(services, "STOP_CHECK_SECONDS", 0)
+    original = services._Progress.on_step
+
+    def on_step(self, current, total, loss, images_per_second):
+        original(self, current, total, loss, images_per_second)
+        if current == step:
+            TrainingRun.objects.filter(pk=self.run.pk).update(cancel_requested_at=timezone.now())
+
+    monkeypatch.setattr(services._Progress, "on_step", on_step)
+
+
+def test_a_full_run_through_the_task_succeeds_and_its_outputs_reach_staff_and_the_licence_holder_only(
+    tiny_base, licence, staff, carol, dave, alice, django_capture_on_commit_callbacks
+):
+    staff_client = client_for(staff)
+    page = staff_client.get(reverse("training:launch") + f"?licence={licence.pk}")
+    assert page.status_code == 200
+    assert f'<option value="{licence.pk}" selected>' in page.content.decode()
+    assert 'name="snr_gamma" value="5.0"' in page.content.decode()  # the engine's defaults are shown
+
+    with django_capture_on_commit_callbacks(execute=True):  # the task runs eagerly, on commit
+        response = staff_client.post(reverse("training:launch"), form_data(licence, tiny_base))
+    run = TrainingRun.objects.get()
+    assert response.status_code == 302 and response["Location"] == reverse("training:detail", args=[run.pk])
+    assert run.status == TrainingRun.Status.SUCCEEDED, run.error + run.log_tail
+    assert run.step == run.total_steps == 6 and run.images_per_second > 0
+    assert run.worker_host and run.started_at and run.finished_at and run.task_id
+    assert [point[0] for point in run.losses] == [1, 2, 3, 4, 5, 6]
+    assert [sample["step"] for sample in run.samples] == [3, 6]
+    assert run.config["validation_prompts"] == ["a photo of a cat"] and "device" not in run.config
+
+    # Usage attribution: every asset seen, 6 steps x batch 2, per asset and per creator.
+    usages = list(TrainingUsage.objects.filter(run=run).select_related("asset"))
+    assert {usage.asset.title for usage in usages} == {"astronaut by alice", "coffee by alice", "chelsea by bob"}
+    assert sum(usage.times_seen for usage in usages) == 12
+    assert all(usage.creator_id == usage.asset.owner_id for usage in usages)
+    alice_seen = sum(usage.times_seen for usage in usages if usage.creator_id == alice.pk)
+
+    # The page (and its JSON) for the licence holder, with the usage per creator and the downloads.
+    carol_client = client_for(carol)
+    detail = carol_client.get(reverse("training:detail", args=[run.pk])).content.decode()
+    assert "Succeeded" in detail and "Alice Photo" in detail and f"<td>{alice_seen}</td>" in detail
+    assert "<polyline" in detail and "pytorch_lora_weights.safetensors" in detail
+    state = carol_client.get(reverse("training:status", args=[run.pk])).json()
+    assert state["status"] == "succeeded" and state["step"] == 6 and len(state["samples"]) == 2
+    assert carol_client.get(state["samples"][0]["url"])["Content-Type"] == "image/png"
+    listing = carol_client.get(reverse("training:list")).content.decode()
+    assert reverse("training:detail", args=[run.pk]) in listing
+
+    lora = carol_client.get(reverse("training:file", args=[run.pk, "lora"]))
+    assert lora.status_code == 200 and "attachment" in lora["Content-Disposition"]
+    weights = b"".join(lora.streaming_content)
+    grid = carol_client.get(reverse("training:file", args=[run.pk, "grid"]))
+    assert grid.status_code == 200 and b"".join(grid.streaming_content).startswith(b"\x89PNG")
+    card = b"".join(staff_client.get(reverse("training:file", args=[run.pk, "card"])).streaming_content).decode()
+    assert licence.version.manifest_sha256 in card and str(licence.pk) in card and str(tiny_base) in card
+    assert "Alice Photo" in card and "| rank | 16 |" in card
+
+    # Nobody else sees the run or its files: another buyer, a creator whose images are in it, anonymous.
+    for other in (dave, alice):
+        client = client_for(other)
+        assert client.get(reverse("training:detail", args=[run.pk])).status_code == 404
+        assert client.get(reverse("training:file", args=[run.pk, "lora"])).status_code == 404
+        assert client.get(reverse("training:status", args=[run.pk])).status_code == 404
+        assert reverse("training:detail", args=[run.pk]) not in client.get(reverse("training:list")).content.decode()
+    assert client_for().get(reverse("training:file", args=[run.pk, "lora"])).status_code == 302  # to log in
+
+    # The downloaded LoRA loads into the base pipeline and changes its output.
+    from diffusers import StableDiffusionPipeline
+
+    folder = Path(services.work_folder(run)) / "download"
+    folder.mkdir()
+    (folder / "pytorch_lora_weights.safetensors").write_bytes(weights)
+    pipeline = StableDiffusionPipeline.from_pretrained(str(tiny_base))
+    pipeline.set_progress_bar_config(disable=True)
+
+    def generate():
+        generator = torch.Generator().manual_seed(0)
+        return torch.from_numpy(
+            pipeline(
+                "a photo of a cat", height=64, width=64, num_inference_steps=2, generator=generator, output_type="np"
+            ).images  # fmt: skip
+        )
+
+    before = generate()
+    pipeline.load_lora_weights(str(folder))
+    assert not torch.allclose(before, generate(), atol=1e-4)
+
+    # A finished run is left alone by a late redelivery.
+    assert services.execute_run(run.pk) == services.Outcome.FINISHED
+
+
+def test_cancel_a_queued_run_and_a_running_one_which_keeps_its_checkpoint(
+    tiny_base, licence, staff, carol, monkeypatch
+):
+    queued = launch(staff, licence, tiny_base)
+    assert client_for(carol).post(reverse("training:cancel", args=[queued.pk])).status_code == 302  # to log in
+    queued.refresh_from_db()
+    assert queued.status == TrainingRun.Status.QUEUED and queued.cancel_requested_at is None
+    with pytest.raises(PermissionDenied):
+        services.cancel_run(queued, actor=carol)
+
+    page = client_for(staff).get(reverse("training:detail", args=[queued.pk])).content.decode()
+    assert 'id="run-cancel"' in page and reverse("training:status", args=[queued.pk]) in page  # polls while live
+    assert 'id="run-cancel"' not in client_for(carol).get(reverse("training:detail", args=[queued.pk])).content.decode()
+    response = client_for(staff).post(reverse("training:cancel", args=[queued.pk]))
+    assert response.status_code == 302
+    queued.refresh_from_db()
+    assert queued.status == TrainingRun.Status.CANCELED and queued.finished_at
+    assert services.execute_run(queued.pk) == services.Outcome.FINISHED  # its task, delivered later, does nothing
+
+    running = launch(staff, licence, tiny_base)
+    stop_at(monkeypatch, 3)
+    assert services.execute_run(running.pk) == services.Outcome.CANCELED
+    running.refresh_from_db()
+    assert running.status == TrainingRun.Status.CANCELED and running.step == 3
+    checkpoints = sorted(p.name for p in (services.work_folder(running) / "output" / "checkpoints").iterdir())
+    assert checkpoints[-1] == "checkpoint-00000003"
+    assert "Canceled at step 3" in running.log_tail and not running.lora_path
+    assert not TrainingUsage.objects.filter(run=running).exists()
+
+
+def test_a_redelivery_is_refused_while_the_lease_is_live_and_a_stale_run_is_taken_over_and_resumed(
+    tiny_base, licence, staff, monkeypatch
+):
+    run = launch(staff, licence, tiny_base)
+    # The first worker trains until step 3, then dies (simulated: stopped, then left "running").
+    stop_at(monkeypatch, 3)
+    services.execute_run(run.pk)
+    monkeypatch.undo()
+    dead_heartbeat = timezone.now()
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING,
+        cancel_requested_at=None,
+        finished_at=None,
+        heartbeat_at=dead_heartbeat,
+        lease_token="first-worker",
+        worker_host="gpu-1 (pid 1)",
+    )
+
+    # A redelivered task while the lease is live: refused, the run untouched.
+    assert services.execute_run(run.pk) == services.Outcome.REFUSED
+    from training import tasks
+
+    assert tasks.run_training.delay(run.pk).get() == services.Outcome.REFUSED
+    run.refresh_from_db()
+    assert run.lease_token == "first-worker" and run.worker_host == "gpu-1 (pid 1)" and run.step == 3
+
+    # Once the lease is stale, a new delivery takes the run over and resumes from the checkpoint.
+    TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=dead_heartbeat - timezone.timedelta(seconds=301))
+    assert tasks.run_training.delay(run.pk).get() == services.Outcome.SUCCEEDED
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.SUCCEEDED and run.step == 6
+    assert run.lease_token != "first-worker" and "gpu-1" not in run.worker_host
+    assert "Resumed from checkpoint-00000003 at step 3" in run.log_tail
+    assert [point[0] for point in run.losses] == [1, 2, 3, 4, 5, 6]
+    assert sum(TrainingUsage.objects.filter(run=run).values_list("times_seen", flat=True)) == 12
+
+
+def test_no_licence_no_run_and_a_revoked_licence_stops_its_runs(tiny_base, licence, staff, carol):
+    queued = launch(staff, licence, tiny_base)
+    running = launch(staff, licence, tiny_base)
+    TrainingRun.objects.filter(pk=running.pk).update(status=TrainingRun.Status.RUNNING, heartbeat_at=timezone.now())
+
+    licence.revoked_at, licence.revoked_reason = timezone.now(), "refunded"
+    licence.save()
+    licence_revoked.send(sender=PackLicence, licence_id=licence.pk)
+    queued.refresh_from_db()
+    running.refresh_from_db()
+    assert queued.status == TrainingRun.Status.CANCELED and queued.cancel_reason == "The licence was revoked."
+    assert running.status == TrainingRun.Status.RUNNING and running.cancel_requested_at  # stops at its next step
+    assert running.cancel_reason == "The licence was revoked."
+    # Its worker died before it saw the request: a later delivery ends the run instead of training it.
+    TrainingRun.objects.filter(pk=running.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(seconds=301))
+    assert services.execute_run(running.pk) == services.Outcome.CANCELED
+    running.refresh_from_db()
+    assert running.status == TrainingRun.Status.CANCELED and running.finished_at
+
+    with pytest.raises(ValidationError, match="No licence, no run"):
+        launch(staff, licence, tiny_base)
+    with pytest.raises(ValidationError, match="No licence, no run"):
+        services.launch_run(actor=staff, licence=None, base_model=str(tiny_base))
+    response = client_for(staff).post(reverse("training:launch"), form_data(licence, tiny_base))
+    assert response.status_code == 200 and "Select a valid choice" in response.content.decode()
+    assert TrainingRun.objects.count() == 2
+
+
+def test_non_staff_cannot_launch(tiny_base, licence, carol, alice):
+    for user in (carol, alice):
+        client = client_for(user)
+        assert client.get(reverse("training:launch")).status_code == 302
+        assert client.post(reverse("training:launch"), form_data(licence, tiny_base)).status_code == 302
+        with pytest.raises(PermissionDenied):
+            launch(user, licence, tiny_base)
+    assert not TrainingRun.objects.exists()
+
+
+def test_a_run_waits_for_the_webdataset_download(tiny_base, licence, staff):
+    PackExport.objects.filter(kind=PackExport.Kind.WEBDATASET).update(status=PackExport.Status.BUILDING)
+    with pytest.raises(ValidationError, match="still being built"):
+        launch(staff, licence, tiny_base)
+
+
+def test_bad_hyperparameters_are_form_errors(tiny_base, licence, staff):
+    data = form_data(licence, tiny_base, rank=0, resolution=65, learning_rate=3, caption_dropout=1.5)
+    response = client_for(staff).post(reverse("training:launch"), data)
+    assert response.status_code == 200
+    errors = response.context["form"].errors
+    assert set(errors) >= {"rank", "resolution", "learning_rate", "caption_dropout"}
+    assert "multiple of 8" in " ".join(errors["resolution"])
+    assert not TrainingRun.objects.exists()
+
+
+def test_a_missing_base_model_fails_the_run_with_a_message_naming_base_model(tiny_base, licence, staff, tmp_path):
+    missing = tmp_path / "no-such-model"
+    run = launch(staff, licence, missing)
+    assert services.execute_run(run.pk) == services.Outcome.FAILED
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert "base_model" in run.error and str(missing) in run.error
+    assert run.error in run.log_tail

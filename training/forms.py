@@ -1,0 +1,60 @@
+from django import forms
+
+from marketplace.commerce.models import PackLicence
+from training.engine.train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
+
+DEFAULTS = TrainConfig(base_model="-")
+
+
+class LaunchForm(forms.Form):
+    """Every hyperparameter of the engine, with its defaults. The engine's TrainConfig validates the values."""
+
+    licence = forms.ModelChoiceField(
+        queryset=PackLicence.objects.filter(revoked_at__isnull=True).select_related("buyer", "version__pack"),
+        help_text="The buyer's licence of a pack version: no licence, no run.",
+    )
+    base_model = forms.CharField(
+        max_length=500, help_text="A diffusers model id (e.g. runwayml/stable-diffusion-v1-5) or a local directory."
+    )
+    train_text_encoder = forms.BooleanField(required=False, initial=DEFAULTS.train_text_encoder,
+                                            label="Train the text encoder too")  # fmt: skip
+    rank = forms.IntegerField(initial=DEFAULTS.rank, label="LoRA rank")
+    alpha = forms.FloatField(initial=DEFAULTS.alpha, label="LoRA alpha")
+    learning_rate = forms.FloatField(initial=DEFAULTS.learning_rate)
+    lr_scheduler = forms.ChoiceField(choices=[(s, s) for s in LR_SCHEDULERS], initial=DEFAULTS.lr_scheduler,
+                                     label="Learning-rate schedule")  # fmt: skip
+    lr_warmup_steps = forms.IntegerField(initial=DEFAULTS.lr_warmup_steps, label="Warm-up steps")
+    max_steps = forms.IntegerField(initial=DEFAULTS.max_steps, label="Steps")
+    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size)
+    gradient_accumulation = forms.IntegerField(initial=DEFAULTS.gradient_accumulation)
+    resolution = forms.IntegerField(initial=DEFAULTS.resolution, help_text="Pixels; a multiple of 8.")
+    seed = forms.IntegerField(initial=DEFAULTS.seed)
+    mixed_precision = forms.ChoiceField(choices=[(p, p) for p in MIXED_PRECISION], initial=DEFAULTS.mixed_precision,
+                                        help_text="On a GPU; the CPU trains in fp32.")  # fmt: skip
+    gradient_checkpointing = forms.BooleanField(required=False, initial=DEFAULTS.gradient_checkpointing)
+    snr_gamma = forms.FloatField(required=False, initial=DEFAULTS.snr_gamma, label="Min-SNR gamma",
+                                 help_text="Empty: no min-SNR weighting.")  # fmt: skip
+    caption_dropout = forms.FloatField(initial=DEFAULTS.caption_dropout)
+    validation_prompts = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        help_text="One per line. Empty: the first captions of the data.",
+    )
+    validation_every = forms.IntegerField(initial=DEFAULTS.validation_every, label="Validation interval (steps)",
+                                          help_text="0: validation images only at the end.")  # fmt: skip
+    checkpoint_every = forms.IntegerField(initial=DEFAULTS.checkpoint_every, label="Checkpoint interval (steps)")
+
+    def hyperparameters(self) -> dict:
+        data = dict(self.cleaned_data)
+        data.pop("licence")
+        data.pop("base_model")
+        data["validation_prompts"] = [line.strip() for line in data["validation_prompts"].splitlines() if line.strip()]
+        return data
+
+    def add_service_errors(self, error) -> None:
+        """A ValidationError from launch_run: keyed errors go to their fields, the rest to the form."""
+        if hasattr(error, "error_dict"):
+            for name, messages in error.message_dict.items():
+                self.add_error(name if name in self.fields else None, messages)
+        else:
+            self.add_error(None, error.messages)

@@ -1,0 +1,181 @@
+import mimetypes
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import ValidationError
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from marketplace.commerce.models import PackLicence
+from marketplace.packs.models import Pack
+from training import selectors, services
+from training.forms import LaunchForm
+from training.models import TrainingRun
+
+# kind -> (model field, download name, as attachment)
+OUTPUT_FILES = {
+    "lora": ("lora_path", "pytorch_lora_weights.safetensors", True),
+    "grid": ("sample_grid_path", "samples.png", False),
+    "card": ("model_card_path", "MODEL_CARD.md", True),
+}
+
+
+@login_required
+@require_GET
+def run_list(request):
+    filters = {name: request.GET.get(name, "").strip() for name in ("status", "pack", "buyer")}
+    runs = selectors.filter_runs(selectors.visible_runs(request.user), **filters)
+    return render(
+        request,
+        "training/list.html",
+        {
+            "runs": runs[:200],
+            "filters": filters,
+            "statuses": TrainingRun.Status.choices,
+            "packs": Pack.objects.filter(versions__licences__training_runs__isnull=False).distinct().order_by("title"),
+        },
+    )
+
+
+@staff_member_required
+@require_http_methods(["GET", "POST"])
+def launch(request):
+    if request.method == "POST":
+        form = LaunchForm(request.POST)
+        if form.is_valid():
+            try:
+                run = services.launch_run(
+                    actor=request.user,
+                    licence=form.cleaned_data["licence"],
+                    base_model=form.cleaned_data["base_model"],
+                    **form.hyperparameters(),
+                )
+            except ValidationError as error:
+                form.add_service_errors(error)
+            else:
+                messages.success(request, f"Training run {run.pk} queued.")
+                return redirect("training:detail", run.pk)
+    else:
+        initial = {}
+        licence = PackLicence.objects.filter(pk=request.GET.get("licence")).first() if _is_uuid(request) else None
+        if licence is not None:
+            initial["licence"] = licence
+        form = LaunchForm(initial=initial)
+    return render(request, "training/launch.html", {"form": form})
+
+
+def _is_uuid(request) -> bool:
+    import uuid
+
+    try:
+        uuid.UUID(request.GET.get("licence", ""))
+    except ValueError:
+        return False
+    return True
+
+
+def _status(run: TrainingRun) -> dict:
+    remaining = None
+    if run.status == TrainingRun.Status.RUNNING and run.images_per_second and run.step:
+        per_step = run.config.get("batch_size", 1) * run.config.get("gradient_accumulation", 1)
+        remaining = round((run.total_steps - run.step) * per_step / run.images_per_second)
+    return {
+        "status": run.status,
+        "status_display": run.get_status_display(),
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "progress": round(run.progress, 4),
+        "eta_seconds": remaining,
+        "images_per_second": round(run.images_per_second, 2) if run.images_per_second else None,
+        "worker_host": run.worker_host,
+        "error": run.error,
+        "log_tail": run.log_tail,
+        "losses": run.losses,
+        "samples": [
+            {"step": sample["step"], "url": reverse("training:sample", args=[run.pk, "sample", index])}
+            for index, sample in enumerate(run.samples)
+        ],
+        "cancel_requested": run.cancel_requested_at is not None,
+        "finished": run.is_finished,
+    }
+
+
+def loss_curve_svg(losses: list, width: int = 600, height: int = 160) -> str:
+    """A polyline of [[step, loss], ...] in a width x height box (empty without two points)."""
+    if len(losses) < 2:
+        return ""
+    steps = [point[0] for point in losses]
+    values = [point[1] for point in losses]
+    low, high = min(values), max(values)
+    span_x, span_y = (max(steps) - min(steps)) or 1, (high - low) or 1
+    points = " ".join(
+        f"{(s - min(steps)) / span_x * width:.1f},{height - (v - low) / span_y * height:.1f}" for s, v in losses
+    )
+    return points
+
+
+@login_required
+@require_GET
+def run_detail(request, pk):
+    run = selectors.run_for(request.user, pk)
+    return render(
+        request,
+        "training/detail.html",
+        {
+            "run": run,
+            "state": _status(run),
+            "loss_points": loss_curve_svg(run.losses),
+            "losses_range": (min(p[1] for p in run.losses), max(p[1] for p in run.losses)) if run.losses else None,
+            "creators": selectors.usage_by_creator(run),
+            "outputs": [(kind, spec[1]) for kind, spec in OUTPUT_FILES.items() if getattr(run, spec[0])]
+            if run.status == TrainingRun.Status.SUCCEEDED
+            else [],
+        },
+    )
+
+
+@login_required
+@require_GET
+def run_status(request, pk):
+    return JsonResponse(_status(selectors.run_for(request.user, pk)))
+
+
+@staff_member_required
+@require_POST
+def cancel(request, pk):
+    run = selectors.run_for(request.user, pk)
+    run = services.cancel_run(run, actor=request.user)
+    messages.info(request, "Canceled." if run.status == TrainingRun.Status.CANCELED else "Stopping at the next step.")
+    return redirect("training:detail", run.pk)
+
+
+@login_required
+@require_GET
+def run_file(request, pk, kind, index=None):
+    """Stream an output or a validation sample to staff and the licence holder (404 to anyone else)."""
+    run = selectors.run_for(request.user, pk)
+    if kind == "sample" and index is not None:
+        if index >= len(run.samples):
+            raise Http404("No such sample.")
+        name, download, as_attachment = run.samples[index]["path"], f"run-{run.pk}-sample-{index}.png", False
+    elif kind in OUTPUT_FILES and index is None:
+        field_name, download, as_attachment = OUTPUT_FILES[kind]
+        name = getattr(run, field_name)
+        if not name or run.status != TrainingRun.Status.SUCCEEDED:
+            raise Http404("This file is not ready.")
+    else:
+        raise Http404("No such file.")
+    response = FileResponse(
+        default_storage.open(name, "rb"),
+        content_type=mimetypes.guess_type(download)[0] or "application/octet-stream",
+        as_attachment=as_attachment,
+        filename=download,
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "default-src 'none'; img-src 'self'; sandbox"
+    return response
