@@ -3,6 +3,7 @@ redelivered task from training a run twice, cancel and revocation, and who sees 
 
 CPU, a tiny Stable Diffusion pipeline built offline, and a real published pack with its WebDataset export."""
 
+import time
 from pathlib import Path
 
 import pytest
@@ -357,3 +358,29 @@ def test_a_missing_base_model_fails_the_run_with_a_message_naming_base_model(tin
     assert run.status == TrainingRun.Status.FAILED
     assert "base_model" in run.error and str(missing) in run.error
     assert run.error in run.log_tail
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_is_renewed_through_a_long_set_up_and_a_worker_that_lost_it_stops(
+    tiny_base, licence, staff, settings, monkeypatch
+):
+    """A base model downloading or a large pack being cached calls no engine callback for minutes: the
+    heartbeat thread keeps the lease alive, so a redelivery is not mistaken for a dead worker's run."""
+    import training.engine.train as engine
+
+    settings.TRAINING_LEASE_SECONDS = 3  # a beat every second
+    seen = {}
+
+    def slow_set_up(config, data_paths, output_dir, *, callbacks):
+        run = TrainingRun.objects.get()
+        time.sleep(2.5)
+        seen["renewed"] = TrainingRun.objects.get(pk=run.pk).heartbeat_at > run.heartbeat_at
+        seen["redelivery"] = services.claim_run(run.pk)[1]
+        TrainingRun.objects.filter(pk=run.pk).update(lease_token="taken-over-elsewhere")
+        time.sleep(1.5)
+        seen["stops"] = callbacks.should_stop()
+        raise engine.ModelUnavailable("stop here")
+
+    monkeypatch.setattr(engine, "train", slow_set_up)
+    launch(staff, licence, tiny_base)  # committed for real here: the (eager) task runs it at once
+    assert seen == {"renewed": True, "redelivery": services.Outcome.REFUSED, "stops": True}

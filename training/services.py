@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 import time
 import traceback
 import uuid
@@ -19,7 +20,7 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -279,6 +280,8 @@ class _Progress:
         self.save(force=True)
 
     def should_stop(self) -> bool:
+        if self.lease_lost:
+            return True
         if time.monotonic() - self.checked_at >= STOP_CHECK_SECONDS:
             self.checked_at = time.monotonic()
             row = TrainingRun.objects.filter(pk=self.run.pk).values("cancel_requested_at", "lease_token").first()
@@ -304,6 +307,34 @@ class _Progress:
 
     def owned(self):
         return TrainingRun.objects.filter(pk=self.run.pk, lease_token=self.run.lease_token)
+
+
+class _Heartbeat:
+    """Renews the run's lease from a thread while the worker holds it, so that a long set-up with no engine
+    callback (a base model downloading, a large pack being cached) does not look like a dead worker."""
+
+    def __init__(self, run: TrainingRun, progress: _Progress):
+        self.run, self.progress = run, progress
+        self.interval = max(1.0, settings.TRAINING_LEASE_SECONDS / 3)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"training-run-{run.pk}-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stopped.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        try:
+            while not self._stopped.wait(self.interval):
+                if not self.progress.owned().update(heartbeat_at=timezone.now()):
+                    self.progress.lease_lost = True  # another worker took the run: the engine stops at its next step
+                    return
+        finally:
+            connection.close()  # this thread's own database connection
 
 
 def _save_output(run: TrainingRun, local: Path, name: str) -> str:
@@ -339,7 +370,6 @@ def execute_run(run_id: int) -> str:
     progress.log(f"Claimed by {run.worker_host}")
     try:
         folder = work_folder(run)
-        data = _copy_data(run, folder / "data")
         config = TrainConfig(**{**run.config, "device": settings.TRAINING_DEVICE})
         callbacks = Callbacks(
             on_step=progress.on_step,
@@ -347,7 +377,9 @@ def execute_run(run_id: int) -> str:
             on_validation=progress.on_validation,
             log=progress.log,
         )
-        result = train(config, data, folder / "output", callbacks=callbacks)
+        with _Heartbeat(run, progress):
+            data = _copy_data(run, folder / "data")
+            result = train(config, data, folder / "output", callbacks=callbacks)
         if progress.lease_lost:
             return Outcome.LEASE_LOST
         if result.stopped:
