@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/", include("marketplace.accounts.api_urls")),
     path("api/", include("marketplace.catalog.api_urls")),
     path("api/", include("marketplace.commerce.api_urls")),
+    path("api/", include("training.api_urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),

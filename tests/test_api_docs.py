@@ -7,6 +7,7 @@ def test_openapi_schema_describes_the_asset_api(client, db):
     upload = schema["paths"]["/api/assets/"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in upload
     assert "/api/pack-licences/{id}/downloads/" in schema["paths"]  # buyers' scripts
+    assert "post" in schema["paths"]["/api/training-runs/"] and "/api/training-runs/{id}/cancel/" in schema["paths"]
 
 
 def test_api_docs_work_offline(client, db):

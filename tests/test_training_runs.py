@@ -4,6 +4,7 @@ redelivered task from training a run twice, cancel and revocation, and who sees 
 CPU, a tiny Stable Diffusion pipeline built offline, and a real published pack with its WebDataset export."""
 
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -384,3 +385,37 @@ def test_the_lease_is_renewed_through_a_long_set_up_and_a_worker_that_lost_it_st
     monkeypatch.setattr(engine, "train", slow_set_up)
     launch(staff, licence, tiny_base)  # committed for real here: the (eager) task runs it at once
     assert seen == {"renewed": True, "redelivery": services.Outcome.REFUSED, "stops": True}
+
+
+def test_the_run_api_lets_staff_launch_and_cancel_and_each_buyer_read_only_their_own(
+    tiny_base, licence, staff, carol, dave
+):
+    from rest_framework.test import APIClient
+
+    api = APIClient()
+    assert api.get("/api/training-runs/").status_code == 401
+    api.force_authenticate(carol)
+    body = {"licence": str(licence.pk), "base_model": str(tiny_base), "hyperparameters": HYPERPARAMETERS}
+    assert api.post("/api/training-runs/", body, format="json").status_code == 403  # buyers do not launch
+
+    api.force_authenticate(staff)
+    bad = api.post("/api/training-runs/", {**body, "hyperparameters": {"rank": 0}}, format="json")
+    assert bad.status_code == 400 and "rank" in bad.json()
+    unknown = api.post("/api/training-runs/", {**body, "licence": str(uuid.uuid4())}, format="json")
+    assert unknown.status_code == 400 and "No licence, no run." in str(unknown.json())
+    created = api.post("/api/training-runs/", body, format="json")
+    assert created.status_code == 201, created.content
+    run = created.json()
+    assert (run["status"], run["pack"], run["licence"], run["files"]) == ("queued", "everyday", str(licence.pk), {})
+
+    api.force_authenticate(carol)  # the licence holder reads it, cannot cancel it
+    assert [r["id"] for r in api.get("/api/training-runs/").json()["results"]] == [run["id"]]
+    assert api.post(f"/api/training-runs/{run['id']}/cancel/").status_code == 403
+    api.force_authenticate(dave)  # another buyer sees nothing
+    assert api.get("/api/training-runs/").json()["results"] == []
+    assert api.get(f"/api/training-runs/{run['id']}/").status_code == 404
+
+    api.force_authenticate(staff)
+    canceled = api.post(f"/api/training-runs/{run['id']}/cancel/")
+    assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
+    assert api.get("/api/training-runs/", {"status": "canceled"}).json()["count"] == 1

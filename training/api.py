@@ -1,0 +1,96 @@
+"""REST API for training runs: staff launch and cancel; staff and the licence holder read runs and outputs."""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+
+from marketplace.commerce.models import PackLicence
+from training import selectors, services
+from training.models import TrainingRun
+from training.views import OUTPUT_FILES
+
+
+class TrainingRunSerializer(serializers.ModelSerializer):
+    licence = serializers.UUIDField(source="licence_id", read_only=True)
+    pack = serializers.CharField(source="licence.version.pack.slug", read_only=True)
+    version = serializers.IntegerField(source="licence.version.number", read_only=True)
+    page_url = serializers.SerializerMethodField()
+    files = serializers.SerializerMethodField(help_text="Output downloads, once the run succeeded.")
+    usage_by_creator = serializers.SerializerMethodField()
+
+    class Meta:
+        model = TrainingRun
+        fields = [
+            "id", "licence", "pack", "version", "base_model", "config", "status", "step", "total_steps",
+            "images_per_second", "created_at", "started_at", "finished_at", "worker_host", "cancel_requested_at",
+            "cancel_reason", "error", "losses", "page_url", "files", "usage_by_creator",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def _url(self, name, *args) -> str:
+        return self.context["request"].build_absolute_uri(reverse(name, args=args))
+
+    def get_page_url(self, run) -> str:
+        return self._url("training:detail", run.pk)
+
+    def get_files(self, run) -> dict[str, str]:
+        if run.status != TrainingRun.Status.SUCCEEDED:
+            return {}
+        return {kind: self._url("training:file", run.pk, kind) for kind in OUTPUT_FILES}
+
+    def get_usage_by_creator(self, run) -> list[dict]:
+        return selectors.usage_by_creator(run)
+
+
+class LaunchSerializer(serializers.Serializer):
+    licence = serializers.UUIDField()
+    base_model = serializers.CharField(max_length=500)
+    hyperparameters = serializers.DictField(required=False, help_text="TrainConfig fields; omitted ones default.")
+
+
+class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """Staff see every run; a buyer sees the runs of their own licences. Only staff launch or cancel."""
+
+    serializer_class = TrainingRunSerializer
+    queryset = TrainingRun.objects.none()  # for the schema; requests get the visible runs below
+
+    def get_queryset(self):
+        params = self.request.query_params
+        runs = selectors.visible_runs(self.request.user)
+        return selectors.filter_runs(
+            runs, status=params.get("status", ""), pack=params.get("pack", ""), buyer=params.get("buyer", "")
+        ).order_by("-created_at")
+
+    @extend_schema(request=LaunchSerializer, responses={201: TrainingRunSerializer})
+    def create(self, request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("Only staff launch training runs.")
+        launch = LaunchSerializer(data=request.data)
+        launch.is_valid(raise_exception=True)
+        licence = PackLicence.objects.filter(pk=launch.validated_data["licence"]).first()
+        try:
+            run = services.launch_run(
+                actor=request.user,
+                licence=licence,
+                base_model=launch.validated_data["base_model"],
+                **launch.validated_data.get("hyperparameters", {}),
+            )
+        except DjangoValidationError as error:
+            detail = error.message_dict if hasattr(error, "error_dict") else {"non_field_errors": error.messages}
+            return Response(detail, status=status.HTTP_400_BAD_REQUEST)
+        return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=TrainingRunSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        run = self.get_object()
+        try:
+            run = services.cancel_run(run, actor=request.user)
+        except DjangoPermissionDenied as error:
+            raise PermissionDenied(str(error)) from error
+        return Response(self.get_serializer(run).data)
