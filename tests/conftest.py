@@ -194,3 +194,15 @@ def make_eligible_asset(django_capture_on_commit_callbacks):
         return asset
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Two torch threads contend on a 2-core machine: tiny training runs several times slower. Module scope,
+    so that a module's runs (compared with each other for exact resume) all use the same thread count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -20,18 +20,12 @@ from training.engine.tokenizer import build_clip_tokenizer
 from training.engine.train import Callbacks, ModelUnavailable, TrainConfig, train
 
 # diffusers' DPM-Solver builds its sigmas with a NumPy 2 copy-keyword deprecation: not ours.
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
 
 NAMES = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads contend on this 2-core machine: tiny training runs several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

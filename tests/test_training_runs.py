@@ -24,6 +24,7 @@ from training.engine.tiny import build_tiny_pipeline
 from training.models import TrainingRun, TrainingUsage
 
 pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
 
@@ -37,15 +38,6 @@ HYPERPARAMETERS = dict(
     validation_prompts=["a photo of a cat"],
     validation_steps=2,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads contend on this 2-core machine: tiny training runs several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

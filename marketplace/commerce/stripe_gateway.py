@@ -16,8 +16,13 @@ class PaymentProviderError(Exception):
 
 
 def client() -> stripe.StripeClient:
+    """The platform account's client, for payments and Connect payouts alike. An empty STRIPE_API_BASE means
+    api.stripe.com. Requests go through `stripe.default_http_client` when one is set (tests plug recorded
+    responses in there). Retries are safe: every POST we make carries an idempotency key."""
     base = {"api": settings.STRIPE_API_BASE} if settings.STRIPE_API_BASE else None
-    return stripe.StripeClient(settings.STRIPE_SECRET_KEY, base_addresses=base, max_network_retries=2)
+    return stripe.StripeClient(
+        settings.STRIPE_SECRET_KEY, base_addresses=base, http_client=stripe.default_http_client, max_network_retries=2
+    )
 
 
 def _call(what: str, function, *args, **kwargs):

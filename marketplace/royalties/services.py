@@ -14,9 +14,10 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 
+from marketplace.commerce import stripe_gateway
 from marketplace.core.money import format_cents
 from marketplace.packs.models import Revocation
-from marketplace.royalties import selectors, stripe_connect
+from marketplace.royalties import selectors
 from marketplace.royalties.allocation import allocate_sale
 from marketplace.royalties.models import Account, AllocationLine, ConnectedAccount, Entry, Payout, Transaction
 
@@ -264,7 +265,7 @@ def connect_account(creator) -> ConnectedAccount:
         return existing
     profile = getattr(creator, "creator_profile", None)
     email = (profile.payout_email if profile is not None else "") or creator.email
-    account = stripe_connect.client().v1.accounts.create(
+    account = stripe_gateway.client().v1.accounts.create(
         params={
             "type": "express",
             "email": email,
@@ -287,7 +288,7 @@ def connect_account(creator) -> ConnectedAccount:
 def onboarding_url(connected: ConnectedAccount, *, refresh_url: str, return_url: str) -> str:
     """A fresh, single-use link to Stripe's onboarding for the account (links expire, so no fixed key)."""
     _require_connect()
-    link = stripe_connect.client().v1.account_links.create(
+    link = stripe_gateway.client().v1.account_links.create(
         params={
             "account": connected.stripe_account_id,
             "type": "account_onboarding",
@@ -301,7 +302,7 @@ def onboarding_url(connected: ConnectedAccount, *, refresh_url: str, return_url:
 def refresh_connected_account(connected: ConnectedAccount) -> ConnectedAccount:
     """Read the account's state from Stripe: whether onboarding is done and payouts can be sent to it."""
     _require_connect()
-    account = stripe_connect.client().v1.accounts.retrieve(connected.stripe_account_id)
+    account = stripe_gateway.client().v1.accounts.retrieve(connected.stripe_account_id)
     connected.details_submitted = bool(account.details_submitted)
     connected.payouts_enabled = bool(account.payouts_enabled)
     connected.save(update_fields=["details_submitted", "payouts_enabled", "updated_at"])
@@ -351,7 +352,7 @@ def pay_out(creator) -> Payout:
     paid now (with a message for them). Returns the payout: paid, failed (and reversed), or still pending
     when Stripe's answer was lost (the periodic task resends it)."""
     _require_connect()
-    api = stripe_connect.client()  # a configuration error (no key...) surfaces here, before any money moves
+    api = stripe_gateway.client()  # a configuration error (no key...) surfaces here, before any money moves
     payout = _start_payout(creator)
     # Committed: from here on the payout exists, and it is sent (or resent) with its idempotency key.
     return send_payout(payout.pk, api=api)
@@ -375,7 +376,7 @@ def send_payout(payout_id: int, *, api: stripe.StripeClient | None = None) -> Pa
         return payout
     connected = ConnectedAccount.objects.get(creator_id=payout.creator_id)
     try:
-        transfer = (api or stripe_connect.client()).v1.transfers.create(
+        transfer = (api or stripe_gateway.client()).v1.transfers.create(
             # No transfer_group: a payout draws on the balance of many sales, so no single order's group fits.
             params={
                 "amount": payout.amount_cents,
@@ -444,7 +445,7 @@ def pay_out_all() -> dict:
     result = {"resent": {}, "paid": {}, "refused": {}}
     if not settings.STRIPE_CONNECT_ENABLED:
         return result
-    api = stripe_connect.client()
+    api = stripe_gateway.client()
     for payout_id in selectors.pending_payout_ids():
         result["resent"][payout_id] = send_payout(payout_id, api=api).status
     for creator in selectors.creators_due_payout():
