@@ -1,10 +1,8 @@
 """The Django-free training engine (training/engine/) on CPU, with a tiny Stable Diffusion pipeline built
 offline and real photos. No database, no network."""
 
-import io
 import json
 import math
-import tarfile
 import time
 import zipfile
 from pathlib import Path
@@ -14,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from marketplace.core.photos import PHOTOS, load_photo
+from tests.conftest import SHARD_PHOTOS, small_photo_bytes, write_shard
 from training.engine.data import DataError, bucket_sizes, nearest_bucket, read_samples
 from training.engine.tiny import build_tiny_pipeline
 from training.engine.tokenizer import build_clip_tokenizer
@@ -25,41 +24,10 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
 ]
 
-NAMES = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble"]
-
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "tiny-sd")
-
-
-def _photo_bytes(name: str) -> bytes:
-    image = load_photo(name)
-    image.thumbnail((128, 128))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(payload)
-    tar.addfile(info, io.BytesIO(payload))
-
-
-def _write_shard(path: Path, names=NAMES, *, skip_caption: str | None = None) -> Path:
-    with tarfile.open(path, "w") as tar:
-        for name in names:
-            _add(tar, f"{name}.jpg", _photo_bytes(name))
-            if name != skip_caption:
-                _add(tar, f"{name}.txt", f"a photo of {name}".encode())
-            _add(tar, f"{name}.json", json.dumps({"creator": f"creator-{len(name) % 2}"}).encode())
-    return path
-
-
-@pytest.fixture(scope="session")
-def shard(tmp_path_factory) -> Path:
-    return _write_shard(tmp_path_factory.mktemp("data") / "pack-000000.tar")
 
 
 def _config(base: Path, **overrides) -> TrainConfig:
@@ -128,7 +96,7 @@ def test_full_run_writes_a_lora_that_loads_and_changes_the_output(tiny_base, sha
     assert len(result.losses) == 12 and all(math.isfinite(loss) and loss > 0 for loss in result.losses)
     assert all(s[3] > 0 for s in steps)
     assert sum(result.usage.values()) == 12 * 2
-    assert set(result.usage) == set(NAMES)
+    assert set(result.usage) == set(SHARD_PHOTOS)
     assert [step for step, _ in validations] == [6, 12] and len(validations[0][1]) == 2
     assert [step for step, _ in checkpoints] == [4, 8, 12]
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
@@ -322,7 +290,7 @@ def test_imagefolder_zip_trains_too(tiny_base, tmp_path):
         archive.writestr("README.md", "a pack")
         rows = []
         for name in names:
-            archive.writestr(f"train/{name}.jpg", _photo_bytes(name))
+            archive.writestr(f"train/{name}.jpg", small_photo_bytes(name))
             rows.append(json.dumps({"file_name": f"{name}.jpg", "text": f"a photo of {name}", "creator": "x"}))
         archive.writestr("train/metadata.jsonl", "\n".join(rows) + "\n")
     samples = read_samples([path])
@@ -335,11 +303,11 @@ def test_imagefolder_zip_trains_too(tiny_base, tmp_path):
 
 def test_webdataset_samples_and_data_errors(tmp_path, shard):
     samples = read_samples([shard])
-    assert [s.key for s in samples] == NAMES
+    assert [s.key for s in samples] == SHARD_PHOTOS
     assert samples[1].caption == "a photo of coffee" and samples[1].metadata == {"creator": "creator-0"}
     assert samples[1].image_bytes[:2] == b"\xff\xd8"
 
-    no_caption = _write_shard(tmp_path / "bad.tar", ["astronaut", "coffee"], skip_caption="coffee")
+    no_caption = write_shard(tmp_path / "bad.tar", ["astronaut", "coffee"], skip_caption="coffee")
     with pytest.raises(DataError, match=r"'coffee'.*no caption"):
         read_samples([no_caption])
     garbage = tmp_path / "garbage.tar"
@@ -354,8 +322,8 @@ def test_webdataset_samples_and_data_errors(tmp_path, shard):
         read_samples([shard, shard])
     unlisted = tmp_path / "unlisted.zip"
     with zipfile.ZipFile(unlisted, "w") as archive:
-        archive.writestr("train/a.jpg", _photo_bytes("coffee"))
-        archive.writestr("train/b.jpg", _photo_bytes("coffee"))
+        archive.writestr("train/a.jpg", small_photo_bytes("coffee"))
+        archive.writestr("train/b.jpg", small_photo_bytes("coffee"))
         archive.writestr("train/metadata.jsonl", json.dumps({"file_name": "a.jpg", "text": "x"}))
     with pytest.raises(DataError, match=r"train/b.jpg.*no caption"):
         read_samples([unlisted])

@@ -1,12 +1,13 @@
-"""A tiny Stable Diffusion 1.x-style pipeline built offline from small configs (random weights).
+"""Tiny Stable Diffusion 1.x-style and SDXL-style pipelines built offline from small configs (random weights).
 
-It is saved with `StableDiffusionPipeline.save_pretrained`, so the engine loads it through the same
-`from_pretrained(folder)` path as a real base model. Used by the demo run and the tests: it trains on a
+They are saved with the pipeline's `save_pretrained`, so the engine loads them through the same
+`from_pretrained(folder)` path as a real base model. Used by the demo run and the tests: they train on a
 2-core CPU at a few steps per second at 64 px.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,21 +17,94 @@ from pathlib import Path
 from .tokenizer import END_TOKEN, MODEL_MAX_LENGTH, START_TOKEN, VOCAB_SIZE, write_clip_tokenizer_files
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_COMPONENTS = (*COMPONENTS, "text_encoder_2", "tokenizer_2")
 # Bump when the configs below change, so that an existing folder of the old shape is rebuilt.
 TINY_VERSION = 2
+TINY_SDXL_VERSION = 1
 _MARKER = "tiny_pipeline.json"
+TEXT_HIDDEN_SIZE = 32  # of each tiny text encoder; SDXL's UNet attends to both: 2 * 32
+TIME_EMBED_DIM = 8  # SDXL's addition_time_embed_dim; six time ids (original size, crop, target size)
 
 
-def _is_complete(folder: Path) -> bool:
+def _is_complete(folder: Path, components: tuple[str, ...], version: int, family: str) -> bool:
     marker = folder / _MARKER
     if not (folder / "model_index.json").is_file() or not marker.is_file():
         return False
     try:
-        if json.loads(marker.read_text()).get("version") != TINY_VERSION:
-            return False
+        written = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return all((folder / name).is_dir() for name in COMPONENTS)
+    if written.get("version") != version or written.get("family", "sd") != family:
+        return False
+    return all((folder / name).is_dir() for name in components)
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed torch for the random initialisations inside, leaving the caller's RNG state as it was."""
+    import torch
+
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+
+
+def _tiny_vae(**overrides):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=64,
+        **overrides,
+    )
+
+
+def _tiny_text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=TEXT_HIDDEN_SIZE,
+        intermediate_size=37,
+        num_hidden_layers=5,
+        num_attention_heads=4,
+        max_position_embeddings=MODEL_MAX_LENGTH,
+        projection_dim=32,
+        bos_token_id=tokenizer.convert_tokens_to_ids(START_TOKEN),
+        eos_token_id=tokenizer.convert_tokens_to_ids(END_TOKEN),
+        pad_token_id=tokenizer.convert_tokens_to_ids(END_TOKEN),
+    )
+
+
+def _build_atomically(folder: Path, marker: dict, make_pipeline) -> Path:
+    """Save `make_pipeline(tokenizer)` into `folder` with `marker`; the folder appears complete or not at all:
+    the pipeline is saved into a sibling temporary folder which is then renamed into place."""
+    from transformers import CLIPTokenizer
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    scratch = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        write_clip_tokenizer_files(scratch / "tokenizer-src")
+        tokenizer = CLIPTokenizer.from_pretrained(str(scratch / "tokenizer-src"))
+        pipeline = make_pipeline(tokenizer)
+        target = scratch / "pipeline"
+        pipeline.save_pretrained(str(target), safe_serialization=True)
+        (target / _MARKER).write_text(json.dumps(marker))
+        if folder.exists():  # an incomplete or outdated earlier attempt
+            shutil.rmtree(folder)
+        os.replace(target, folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return folder
 
 
 def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
@@ -40,21 +114,14 @@ def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
     which is then renamed into place.
     """
     folder = Path(folder)
-    if _is_complete(folder):
+    if _is_complete(folder, COMPONENTS, TINY_VERSION, "sd"):
         return folder
 
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    def make(tokenizer):
+        from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    scratch = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        write_clip_tokenizer_files(scratch / "tokenizer-src")
-        tokenizer = CLIPTokenizer.from_pretrained(str(scratch / "tokenizer-src"))
-        generator_state = torch.random.get_rng_state()
-        torch.manual_seed(seed)
-        try:
+        with _seeded(seed):
             unet = UNet2DConditionModel(
                 block_out_channels=(32, 64),
                 layers_per_block=2,
@@ -63,36 +130,12 @@ def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
                 out_channels=4,
                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-                cross_attention_dim=32,
+                cross_attention_dim=TEXT_HIDDEN_SIZE,
                 attention_head_dim=8,
                 norm_num_groups=32,
             )
-            vae = AutoencoderKL(
-                block_out_channels=[32, 64],
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-                up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-                latent_channels=4,
-                norm_num_groups=32,
-                sample_size=64,
-            )
-            text_encoder = CLIPTextModel(
-                CLIPTextConfig(
-                    vocab_size=VOCAB_SIZE,
-                    hidden_size=32,
-                    intermediate_size=37,
-                    num_hidden_layers=5,
-                    num_attention_heads=4,
-                    max_position_embeddings=MODEL_MAX_LENGTH,
-                    projection_dim=32,
-                    bos_token_id=tokenizer.convert_tokens_to_ids(START_TOKEN),
-                    eos_token_id=tokenizer.convert_tokens_to_ids(END_TOKEN),
-                    pad_token_id=tokenizer.convert_tokens_to_ids(END_TOKEN),
-                )
-            )
-        finally:
-            torch.random.set_rng_state(generator_state)
+            vae = _tiny_vae()
+            text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
         scheduler = DDPMScheduler(
             num_train_timesteps=1000,
             beta_start=0.00085,
@@ -102,7 +145,7 @@ def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
             prediction_type="epsilon",
             steps_offset=1,
         )
-        pipeline = StableDiffusionPipeline(
+        return StableDiffusionPipeline(
             vae=vae,
             text_encoder=text_encoder,
             tokenizer=tokenizer,
@@ -112,12 +155,69 @@ def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
             feature_extractor=None,
             requires_safety_checker=False,
         )
-        target = scratch / "pipeline"
-        pipeline.save_pretrained(str(target), safe_serialization=True)
-        (target / _MARKER).write_text(json.dumps({"version": TINY_VERSION, "seed": seed}))
-        if folder.exists():  # an incomplete or outdated earlier attempt
-            shutil.rmtree(folder)
-        os.replace(target, folder)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+
+    return _build_atomically(folder, {"version": TINY_VERSION, "seed": seed}, make)
+
+
+def build_tiny_sdxl_pipeline(folder: Path, *, seed: int = 0) -> Path:
+    """Build (or reuse, when already complete) a tiny SDXL pipeline in `folder`; returns `folder`.
+
+    Shaped like SDXL base (the UNet of diffusers' own SDXL tests): two text encoders (a CLIPTextModel and a
+    CLIPTextModelWithProjection) whose penultimate hidden states the UNet attends to side by side, a
+    "text_time" added embedding of the pooled text embedding and the six size/crop ids, SDXL's VAE scaling
+    factor and its Euler scheduler config. Both tokenizers are the CLIP tokenizer rebuilt from open_clip's
+    vocabulary. Atomic like `build_tiny_pipeline`.
+    """
+    folder = Path(folder)
+    if _is_complete(folder, SDXL_COMPONENTS, TINY_SDXL_VERSION, "sdxl"):
+        return folder
+
+    def make(tokenizer):
+        from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        text_config = _tiny_text_config(tokenizer)
+        with _seeded(seed):
+            unet = UNet2DConditionModel(
+                block_out_channels=(32, 64),
+                layers_per_block=2,
+                sample_size=32,
+                in_channels=4,
+                out_channels=4,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                attention_head_dim=(2, 4),
+                use_linear_projection=True,
+                addition_embed_type="text_time",
+                addition_time_embed_dim=TIME_EMBED_DIM,
+                transformer_layers_per_block=(1, 2),
+                projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + text_config.projection_dim,
+                cross_attention_dim=2 * TEXT_HIDDEN_SIZE,
+                norm_num_groups=32,
+            )
+            vae = _tiny_vae(scaling_factor=0.13025, force_upcast=True)
+            text_encoder = CLIPTextModel(text_config)
+            text_encoder_2 = CLIPTextModelWithProjection(text_config)
+        scheduler = EulerDiscreteScheduler(
+            num_train_timesteps=1000,
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            prediction_type="epsilon",
+            steps_offset=1,
+            timestep_spacing="leading",
+            interpolation_type="linear",
+            use_karras_sigmas=False,
+        )
+        return StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+
+    return _build_atomically(folder, {"version": TINY_SDXL_VERSION, "family": "sdxl", "seed": seed}, make)

@@ -1,4 +1,9 @@
-"""LoRA fine-tuning of a Stable Diffusion 1.x/2.x UNet (optionally its text encoder) on a pack's samples.
+"""LoRA fine-tuning of a Stable Diffusion 1.x/2.x or SDXL UNet (optionally its text encoders) on a pack's samples.
+
+The family is told by the base pipeline's model_index.json. SDXL conditions the UNet on both text encoders'
+penultimate hidden states side by side, on text_encoder_2's pooled embedding, and on "time ids" (each image's
+original size, the top-left corner of its crop and the target bucket size), as diffusers'
+train_text_to_image_lora_sdxl.py does.
 
 VAE latents and text embeddings are computed once and cached on disk (keyed by content hash), images are
 bucketed by aspect ratio, and checkpoints (LoRA weights, optimizer, LR scheduler, RNG states, step and data
@@ -44,7 +49,15 @@ HUB_PATTERNS = [
     "unet/diffusion_pytorch_model.safetensors",
     "vae/diffusion_pytorch_model.safetensors",
     "text_encoder/model.safetensors",
+    "text_encoder_2/model.safetensors",  # SDXL
+    "tokenizer_2/*",  # SDXL
 ]
+# The model families trained and the components each one's pipeline folder must hold.
+FAMILY_COMPONENTS = {
+    "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+}
+POOLED_SUFFIX = ".pooled"  # the text cache's key of a caption's pooled embedding (SDXL)
 # Fields that shape the weights or the data order: a checkpoint made with other values cannot be resumed.
 RESUME_FIELDS = (
     "base_model",
@@ -230,26 +243,26 @@ def _reachable(endpoint: str) -> bool:
 
 
 def _check_pipeline_folder(folder: Path, base_model: str) -> Path:
+    family, pipeline_class = _pipeline_family(folder, base_model)
+    missing = [name for name in FAMILY_COMPONENTS[family] if not (folder / name).is_dir()]
+    if missing:
+        what = f" is an SDXL pipeline ({pipeline_class}) but" if family == "sdxl" else ""
+        raise ModelUnavailable(f"base_model {base_model!r}: {folder}{what} lacks {', '.join(missing)}.")
+    return folder
+
+
+def _pipeline_family(folder: Path, base_model: str) -> tuple[str, str]:
+    """("sdxl" or "sd", the pipeline's class name) from the folder's model_index.json."""
     index = folder / "model_index.json"
     if not index.is_file():
         raise ModelUnavailable(
             f"base_model {base_model!r}: {folder} is not a diffusers pipeline (no model_index.json)."
         )
     try:
-        pipeline_class = json.loads(index.read_text()).get("_class_name", "")
-    except ValueError as error:
+        pipeline_class = str(json.loads(index.read_text()).get("_class_name", ""))
+    except (ValueError, AttributeError) as error:
         raise ModelUnavailable(f"base_model {base_model!r}: {index} is not valid JSON.") from error
-    if "XL" in pipeline_class:
-        raise ModelUnavailable(
-            f"base_model {base_model!r} is an SDXL pipeline ({pipeline_class}); this engine trains Stable Diffusion "
-            "1.x/2.x pipelines so far."
-        )
-    missing = [
-        name for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if not (folder / name).is_dir()
-    ]
-    if missing:
-        raise ModelUnavailable(f"base_model {base_model!r}: {folder} lacks {', '.join(missing)}.")
-    return folder
+    return ("sdxl" if "XL" in pipeline_class else "sd"), pipeline_class
 
 
 def _fingerprint(folder: Path, *names: str) -> str:
@@ -303,7 +316,11 @@ class _Run:
 
         self.samples = read_samples(self.data_paths)
         self.base_folder = resolve_base_model(config.base_model)
-        self.log(f"Base model {config.base_model} from {self.base_folder}; {len(self.samples)} samples; {self.device}")
+        self.family = _pipeline_family(self.base_folder, config.base_model)[0]
+        kind = " (SDXL)" if self.family == "sdxl" else ""
+        self.log(
+            f"Base model {config.base_model}{kind} from {self.base_folder}; {len(self.samples)} samples; {self.device}"
+        )
         self._load_models()
         self._assign_buckets()
 
@@ -321,12 +338,19 @@ class _Run:
         import torch
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from peft import LoraConfig
-        from transformers import CLIPTextModel, CLIPTokenizer
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
         config, folder = self.config, str(self.base_folder)
+        # SD has one text encoder; SDXL a second one, with a projection: its pooled embedding conditions the UNet.
+        encoder_classes = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
+        encoder_names = ("text_encoder", "text_encoder_2") if self.family == "sdxl" else ("text_encoder",)
+        tokenizer_names = ("tokenizer", "tokenizer_2") if self.family == "sdxl" else ("tokenizer",)
+        self.tokenizer_names = tokenizer_names
         try:
-            self.tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-            self.text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+            self.tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=name) for name in tokenizer_names]
+            self.text_encoders = {
+                name: encoder_classes[name].from_pretrained(folder, subfolder=name) for name in encoder_names
+            }
             self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
             self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
             self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
@@ -338,11 +362,13 @@ class _Run:
                 f"base_model {config.base_model!r} predicts {self.prediction_type!r}; only epsilon and "
                 "v_prediction are supported."
             )
-        for module in (self.unet, self.vae, self.text_encoder):
+        text_encoders = list(self.text_encoders.values())
+        for module in (self.unet, self.vae, *text_encoders):
             module.requires_grad_(False)
-        # The VAE encodes in fp32 (fp16 VAEs can overflow); the frozen UNet/text encoder take the autocast dtype.
+        # The VAE encodes in fp32 (fp16 VAEs, SDXL's included, can overflow); the frozen UNet/text encoders take
+        # the autocast dtype.
         self.vae.to(self.device)
-        for module in (self.unet, self.text_encoder):
+        for module in (self.unet, *text_encoders):
             module.to(self.device) if self.weight_dtype == torch.float32 else module.to(self.device, self.weight_dtype)
 
         torch.manual_seed(config.seed)  # LoRA's gaussian init
@@ -354,18 +380,18 @@ class _Run:
                 target_modules=UNET_TARGET_MODULES,
             )
         )
-        if config.train_text_encoder:
-            self.text_encoder.add_adapter(
-                LoraConfig(
-                    r=config.rank,
-                    lora_alpha=config.alpha,
-                    init_lora_weights="gaussian",
-                    target_modules=TEXT_ENCODER_TARGET_MODULES,
-                )
-            )
         self.trained_modules = {"unet": self.unet}
         if config.train_text_encoder:
-            self.trained_modules["text_encoder"] = self.text_encoder
+            for name, text_encoder in self.text_encoders.items():
+                text_encoder.add_adapter(
+                    LoraConfig(
+                        r=config.rank,
+                        lora_alpha=config.alpha,
+                        init_lora_weights="gaussian",
+                        target_modules=TEXT_ENCODER_TARGET_MODULES,
+                    )
+                )
+                self.trained_modules[name] = text_encoder
         self.params: dict[str, Any] = {}
         for prefix, module in self.trained_modules.items():
             for name, parameter in module.named_parameters():
@@ -375,8 +401,9 @@ class _Run:
         if config.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if config.train_text_encoder:
-                enable = getattr(self.text_encoder, "activation_checkpointing_enable", None)
-                (enable or self.text_encoder.gradient_checkpointing_enable)()
+                for text_encoder in text_encoders:
+                    enable = getattr(text_encoder, "activation_checkpointing_enable", None)
+                    (enable or text_encoder.gradient_checkpointing_enable)()
         vae_blocks = len(self.vae.config.block_out_channels)
         unet_blocks = len(self.unet.config.block_out_channels)
         self.vae_scale = 2 ** (vae_blocks - 1)
@@ -389,14 +416,20 @@ class _Run:
         self.buckets = bucket_sizes(self.config.resolution, multiple)
         self.sample_bucket: list[tuple[int, int]] = []
         self.sample_hash: list[str] = []
+        # SDXL's time ids of each sample: original (oriented) size, crop top-left, target size, each (h, w). They
+        # follow from the image's size and its bucket, as the cover-crop does: the same on every (resumed) run.
+        self.sample_time_ids: list[tuple[int, ...]] = []
         for sample in self.samples:
             try:
                 with Image.open(io.BytesIO(sample.image_bytes)) as image:
                     width, height = _oriented_size(image)
             except (UnidentifiedImageError, OSError) as error:
                 raise ValueError(f"The image of sample {sample.key!r} cannot be read: {error}") from error
-            self.sample_bucket.append(nearest_bucket(width, height, self.buckets))
+            bucket = nearest_bucket(width, height, self.buckets)
+            self.sample_bucket.append(bucket)
             self.sample_hash.append(hashlib.sha256(sample.image_bytes).hexdigest())
+            _, (left, top) = _cover_box((width, height), bucket)
+            self.sample_time_ids.append((height, width, top, left, bucket[1], bucket[0]))
 
     # --- caches
 
@@ -418,18 +451,21 @@ class _Run:
             captions.append("")
         self.caption_keys = [hashlib.sha256(caption.encode()).hexdigest() for caption in captions]
         self.empty_key = hashlib.sha256(b"").hexdigest()
+        by_key = dict(zip(self.caption_keys, captions, strict=True))
         if self.config.train_text_encoder:
-            # The text encoder changes while training: keep token ids, encode every step.
-            by_key = dict(zip(self.caption_keys, captions, strict=True))
-            self.token_ids = {key: self._tokenize([text])[0] for key, text in by_key.items()}
+            # The text encoders change while training: keep token ids (one per tokenizer), encode every step.
+            self.token_ids = {key: tuple(ids[0] for ids in self._tokenize([text])) for key, text in by_key.items()}
             self.embeddings = {}
         else:
-            text_id = _fingerprint(self.base_folder, "text_encoder", "tokenizer")
-            by_key = dict(zip(self.caption_keys, captions, strict=True))
+            text_id = _fingerprint(self.base_folder, *self.text_encoders, *self.tokenizer_names)
+            # SDXL caches each caption's pooled embedding too, under the caption's key + POOLED_SUFFIX.
+            suffixes = ("", POOLED_SUFFIX) if self.family == "sdxl" else ("",)
             self.embeddings = self._cached(
                 self.cache_dir / f"text-{text_id}-{dtype_name}.safetensors",
-                list(by_key),
-                lambda todo: self._encode_texts([by_key[key] for key in todo]),
+                [key + suffix for key in by_key for suffix in suffixes],
+                lambda todo: self._encode_captions(
+                    list(dict.fromkeys(by_key[key.removesuffix(POOLED_SUFFIX)] for key in todo))
+                ),
                 "text embeddings",
             )
             self.token_ids = {}
@@ -486,26 +522,70 @@ class _Run:
                     out[f"{self.sample_hash[index]}-{size[0]}x{size[1]}"] = latent
         return out
 
-    def _tokenize(self, texts: list[str]):
-        return self.tokenizer(
-            texts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids
+    def _tokenize(self, texts: list[str]) -> list:
+        """The token ids of `texts` for each tokenizer (one for SD, two for SDXL)."""
+        return [
+            tokenizer(
+                texts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+            for tokenizer in self.tokenizers
+        ]
 
-    def _encode_texts(self, texts: list[str]) -> dict:
+    def _encode_texts(self, token_ids: list):
+        """(prompt embeddings, pooled embeddings or None) of a batch of token ids, one tensor per tokenizer.
+        SD: the text encoder's last hidden state. SDXL: both encoders' penultimate hidden states concatenated
+        on the last dimension, and text_encoder_2's projected pooled embedding (as StableDiffusionXLPipeline)."""
+        import torch
+
+        if self.family == "sd":
+            return self.text_encoders["text_encoder"](token_ids[0].to(self.device))[0], None
+        outputs = [
+            encoder(ids.to(self.device), output_hidden_states=True)
+            for encoder, ids in zip(self.text_encoders.values(), token_ids, strict=True)
+        ]
+        return torch.cat([output.hidden_states[-2] for output in outputs], dim=-1), outputs[-1].text_embeds
+
+    def _encode_captions(self, texts: list[str]) -> dict:
+        """{caption key: prompt embedding} (and {caption key + POOLED_SUFFIX: pooled embedding} for SDXL)."""
         import torch
 
         out = {}
         for start in range(0, len(texts), 32):
             chunk = texts[start : start + 32]
             with torch.no_grad(), self._autocast():
-                hidden = self.text_encoder(self._tokenize(chunk).to(self.device))[0]
-            for text, embedding in zip(chunk, hidden, strict=True):
-                out[hashlib.sha256(text.encode()).hexdigest()] = embedding.float()
+                hidden, pooled = self._encode_texts(self._tokenize(chunk))
+            for number, text in enumerate(chunk):
+                key = hashlib.sha256(text.encode()).hexdigest()
+                out[key] = hidden[number].float()
+                if pooled is not None:
+                    out[key + POOLED_SUFFIX] = pooled[number].float()
         return out
+
+    def _text_conditioning(self, keys: list[str]):
+        """(prompt embeddings, pooled embeddings or None) of a batch of caption keys: from the cache, or encoded
+        now (with gradients) when the text encoders train."""
+        import torch
+
+        if self.config.train_text_encoder:
+            token_ids = [torch.stack([self.token_ids[key][i] for key in keys]) for i in range(len(self.tokenizers))]
+            return self._encode_texts(token_ids)
+        hidden = torch.stack([self.embeddings[key] for key in keys]).to(self.device)
+        if self.family == "sd":
+            return hidden, None
+        return hidden, torch.stack([self.embeddings[key + POOLED_SUFFIX] for key in keys]).to(self.device)
+
+    def _added_conditions(self, indices: list[int], pooled) -> dict | None:
+        """The UNet's added conditions: none for SD; SDXL's pooled text embeddings and each sample's time ids."""
+        import torch
+
+        if self.family == "sd":
+            return None
+        time_ids = torch.tensor([self.sample_time_ids[i] for i in indices], dtype=torch.float32, device=self.device)
+        return {"text_embeds": pooled, "time_ids": time_ids}
 
     def _autocast(self):
         import contextlib
@@ -576,12 +656,10 @@ class _Run:
             noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
         )
         with self._autocast():
-            if config.train_text_encoder:
-                ids = torch.stack([self.token_ids[key] for key in keys]).to(self.device)
-                hidden = self.text_encoder(ids)[0]
-            else:
-                hidden = torch.stack([self.embeddings[key] for key in keys]).to(self.device)
-            prediction = self.unet(noisy, timesteps, hidden).sample
+            hidden, pooled = self._text_conditioning(keys)
+            prediction = self.unet(
+                noisy, timesteps, hidden, added_cond_kwargs=self._added_conditions(indices, pooled)
+            ).sample
         if config.snr_gamma is None:
             return F.mse_loss(prediction.float(), target.float(), reduction="mean"), [
                 self.samples[i].key for i in indices
@@ -697,59 +775,77 @@ class _Run:
     # --- outputs
 
     def lora_state_dicts(self) -> dict:
+        """The keyword arguments of the pipeline's save_lora_weights: `<module>_lora_layers` and
+        `<module>_lora_adapter_metadata` for the UNet and each trained text encoder."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
-        layers = {
-            "unet_lora_layers": convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(self.unet, save_embedding_layers=False)
+        layers, metadata = {}, {}
+        for name, module in self.trained_modules.items():
+            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
+                get_peft_model_state_dict(module, save_embedding_layers=False)
             )
-        }
-        metadata = {"unet_lora_adapter_metadata": self.unet.peft_config["default"].to_dict()}
-        if self.config.train_text_encoder:
-            layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(self.text_encoder, save_embedding_layers=False)
-            )
-            metadata["text_encoder_lora_adapter_metadata"] = self.text_encoder.peft_config["default"].to_dict()
+            metadata[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
         return {**layers, **metadata}
 
-    def save_lora_weights(self, folder: Path) -> Path:
-        from diffusers import StableDiffusionPipeline
+    def _pipeline_class(self):
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
+
+    def save_lora_weights(self, folder: Path) -> Path:
         parts = self.lora_state_dicts()
-        for key in ("unet_lora_layers", "text_encoder_lora_layers"):
-            if key in parts:
+        for key in parts:
+            if key.endswith("_lora_layers"):
                 parts[key] = {name: tensor.detach().float().cpu().contiguous() for name, tensor in parts[key].items()}
-        StableDiffusionPipeline.save_lora_weights(save_directory=str(folder), safe_serialization=True, **parts)
+        self._pipeline_class().save_lora_weights(save_directory=str(folder), safe_serialization=True, **parts)
         return folder / LORA_WEIGHTS_NAME
+
+    def _validation_pipeline(self):
+        """The base pipeline of this family built from the loaded (LoRA-carrying) components."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        components = dict(
+            vae=self.vae,
+            unet=self.unet,
+            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
+            **self.text_encoders,
+            **dict(zip(self.tokenizer_names, self.tokenizers, strict=True)),
+        )
+        if self.family == "sdxl":
+            pipeline = self._pipeline_class()(**components, add_watermarker=False)
+        else:
+            pipeline = self._pipeline_class()(
+                **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def _decode_in_fp32(self, pipeline, latents) -> list:
+        """PIL images of a pipeline's latents, decoded by the (fp32) VAE with autocast off."""
+        import torch
+
+        with torch.autocast(self.device.type, enabled=False):
+            pixels = self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample
+        return pipeline.image_processor.postprocess(pixels, output_type="pil")
 
     def validation_images(self, step: int) -> list:
         import torch
-        from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
         config = self.config
         prompts = list(config.validation_prompts) or [sample.caption for sample in self.samples[:4]]
-        scheduler = DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config)
-        pipeline = StableDiffusionPipeline(
-            vae=self.vae,
-            text_encoder=self.text_encoder,
-            tokenizer=self.tokenizer,
-            unet=self.unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        pipeline.set_progress_bar_config(disable=True)
+        pipeline = self._validation_pipeline()
         for module in self.trained_modules.values():
             module.eval()
         images = []
         devices = [self.device.index or 0] if self.on_cuda else []
+        # SDXL's VAE overflows in fp16: its pipeline stops at the latents, which are decoded outside autocast.
+        decode_in_fp32 = self.family == "sdxl"
         try:
             with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
                 for number, prompt in enumerate(prompts):
                     generator = torch.Generator("cpu").manual_seed(config.seed + number)
-                    images += pipeline(
+                    output = pipeline(
                         prompt,
                         height=config.resolution,
                         width=config.resolution,
@@ -757,7 +853,9 @@ class _Run:
                         guidance_scale=config.validation_guidance,
                         num_images_per_prompt=config.num_validation_images,
                         generator=generator,
+                        output_type="latent" if decode_in_fp32 else "pil",
                     ).images
+                    images += self._decode_in_fp32(pipeline, output) if decode_in_fp32 else output
         finally:
             for module in self.trained_modules.values():
                 module.train()
@@ -892,17 +990,23 @@ def _oriented_size(image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def _cover_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(the resized (width, height), the crop's (left, top)) of an image of `image_size` (oriented) resized to
+    cover `size` and centre-cropped to it."""
+    (image_width, image_height), (width, height) = image_size, size
+    scale = max(width / image_width, height / image_height)
+    resized = (max(width, round(image_width * scale)), max(height, round(image_height * scale)))
+    return resized, ((resized[0] - width) // 2, (resized[1] - height) // 2)
+
+
 def _cover_crop(image, size: tuple[int, int]):
-    """The image (orientation applied, RGB) resized to cover `size` and centre-cropped to it."""
+    """The image (orientation applied, RGB) resized to cover `size` and centre-cropped to it (see _cover_box)."""
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image).convert("RGB")
     width, height = size
-    scale = max(width / image.width, height / image.height)
-    resized = image.resize(
-        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.Resampling.BICUBIC
-    )
-    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    resized_size, (left, top) = _cover_box(image.size, size)
+    resized = image.resize(resized_size, Image.Resampling.BICUBIC)
     return resized.crop((left, top, left + width, top + height))
 
 
