@@ -20,7 +20,7 @@ install: $(STAMP)
 run: install
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py seed_demo
-	DEBUG=true $(PY) manage.py runall
+	DEBUG=true DEMO_OFFLINE_MODELS=true $(PY) manage.py runall
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -235,6 +235,13 @@ TRAINING_WORK_DIR = Path(env_str("TRAINING_WORK_DIR", str(VAR_DIR / "training"))
 TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")  # auto, cpu or cuda
 # A running run's worker renews this lease; a redelivered task finding a live lease is refused.
 TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 300)
+# The tiny Stable Diffusion pipeline that seed_demo builds for the demo run (the "Demo" preset).
+TRAINING_DEMO_BASE_MODEL = Path(env_str("TRAINING_DEMO_BASE_MODEL", str(VAR_DIR / "models" / "tiny-sd")))
+
+# --- Demo (make run) ------------------------------------------------------------
+# On (make run): when the curation model's weights can be neither read locally nor downloaded, runall
+# starts the web and worker with a tiny CLIP trained on the demo photos instead, and says so.
+DEMO_OFFLINE_MODELS = env_bool("DEMO_OFFLINE_MODELS", False)
 
 # --- Accounts -------------------------------------------------------------------
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
@@ -280,12 +287,17 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Training runs go to their own queue, taken by GPU workers (`celery ... -Q training`).
-CELERY_TASK_ROUTES = {"training.tasks.*": {"queue": "training"}}
+CELERY_TASK_ROUTES = {"training.tasks.run_training": {"queue": "training"}}
 # Periodic work (run by `celery beat`; `manage.py runall` starts it inside its worker).
 CELERY_BEAT_SCHEDULE = {
     "royalties-pay-out-all": {
         "task": "marketplace.royalties.tasks.pay_out_all",
         "schedule": env_int("PAYOUT_INTERVAL_SECONDS", 3600),
+    },
+    # Runs whose worker died (lease expired) go back to the training queue and resume from their checkpoint.
+    "training-requeue-stale-runs": {
+        "task": "training.tasks.requeue_stale_runs",
+        "schedule": env_int("TRAINING_RECOVERY_INTERVAL_SECONDS", 60),
     },
 }
 

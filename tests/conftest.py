@@ -116,9 +116,9 @@ def model_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_checkpoint(model_folder):
     from marketplace.core.photos import PHOTOS
-    from tests.curation_models import train_tiny_clip_on_photos
+    from marketplace.curation.engine.demo_model import train_photo_clip
 
-    return train_tiny_clip_on_photos(model_folder, [load_photo(name) for name in PHOTOS])
+    return train_photo_clip(model_folder, [load_photo(name) for name in PHOTOS])
 
 
 @pytest.fixture
@@ -206,3 +206,52 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- training: a WebDataset shard of real photos (tests/test_training_*.py) -------------------------
+
+SHARD_PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble"]
+
+
+def small_photo_bytes(name: str) -> bytes:
+    """A real photo as a JPEG of at most 128 px a side: tiny training runs encode it quickly."""
+    image = load_photo(name)
+    image.thumbnail((128, 128))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_shard(path: Path, names=SHARD_PHOTOS, *, skip_caption: str | None = None) -> Path:
+    """A WebDataset shard: `<name>.jpg`, its caption `<name>.txt` ("a photo of <name>") and `<name>.json`."""
+    import json
+    import tarfile
+
+    def add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+
+    with tarfile.open(path, "w") as tar:
+        for name in names:
+            add(tar, f"{name}.jpg", small_photo_bytes(name))
+            if name != skip_caption:
+                add(tar, f"{name}.txt", f"a photo of {name}".encode())
+            add(tar, f"{name}.json", json.dumps({"creator": f"creator-{len(name) % 2}"}).encode())
+    return path
+
+
+@pytest.fixture(scope="session")
+def shard(tmp_path_factory) -> Path:
+    return write_shard(tmp_path_factory.mktemp("data") / "pack-000000.tar")
+
+
+@pytest.fixture(scope="session")
+def demo_base_model_folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("demo-models") / "tiny-sd"
+
+
+@pytest.fixture(autouse=True)
+def demo_base_model_setting(settings, demo_base_model_folder):
+    """seed_demo builds the demo run's tiny Stable Diffusion here (once per test run), not in the repo's var/."""
+    settings.TRAINING_DEMO_BASE_MODEL = demo_base_model_folder

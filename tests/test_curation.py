@@ -3,7 +3,7 @@
 Tiny CLIP and CoCa models built from the repo's configs stand in for the real model; they are
 saved to checkpoints and loaded through the same `CURATION_CLIP_PRETRAINED=<path>` setting an
 offline site uses. Random weights map every photo to nearly the same direction, so the tiny CLIP
-is first trained for a few seconds on edited views of the test photos (`train_tiny_clip_on_photos`)
+is first trained for a few seconds on edited views of the test photos (`demo_model.train_photo_clip`)
 and the real thresholds apply.
 """
 

@@ -5,51 +5,24 @@ An image uploaded over HTTP is processed by the worker through the configured br
 stops both processes cleanly.
 """
 
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 import requests
 
+from tests import process_helpers
 from tests.conftest import photo_bytes
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate, timeout=60, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = predicate()
-        if result:
-            return result
-        time.sleep(interval)
-    raise AssertionError("timed out")
+from tests.process_helpers import ROOT, free_port, wait_for
 
 
 @pytest.fixture
 def marketplace_env(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CACHE_URL")}
     # No curation here: its default model would be fetched from the hub (tests never touch the network).
-    env.update(
-        {"VAR_DIR": str(tmp_path / "var"), "DEBUG": "true", "PYTHONUNBUFFERED": "1", "CURATION_ANALYSE_ON_READY": "0"}
-    )
-    env["LOCALSTRIPE_URL"] = f"http://127.0.0.1:{free_port()}"  # not 8420: `make run` may be using it
-    if env.get("CELERY_BROKER_URL", "").startswith("redis://"):
-        env["CELERY_BROKER_URL"] = env["CELERY_BROKER_URL"].rsplit("/", 1)[0] + "/9"  # a queue of its own
-    manage = [sys.executable, "manage.py"]
+    env = process_helpers.marketplace_env(tmp_path / "var", CURATION_ANALYSE_ON_READY="0")
     for args in (["migrate", "--noinput", "-v", "0"], ["seed_demo"]):
-        subprocess.run(manage + args, cwd=ROOT, env=env, check=True, capture_output=True, timeout=300)
+        process_helpers.manage(env, *args)
     return env
 
 

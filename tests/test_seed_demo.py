@@ -4,10 +4,13 @@ from marketplace.accounts.models import User
 from marketplace.catalog.models import Asset
 
 
-def test_demo_data_is_real_photos_ready_to_browse_and_is_not_duplicated(db, capsys):
+def test_demo_data_is_real_photos_ready_to_browse_and_is_not_duplicated(db, capsys, settings):
     call_command("seed_demo")
     first = capsys.readouterr().out
     assert "creator / creator-demo-pass" in first and "admin / admin-demo-pass" in first
+    # The demo run's base model: a tiny Stable Diffusion pipeline that loads like a real one.
+    assert f"Demo base model for training (a tiny Stable Diffusion): {settings.TRAINING_DEMO_BASE_MODEL}" in first
+    assert (settings.TRAINING_DEMO_BASE_MODEL / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     creator = User.objects.get(username="creator")
     assert creator.is_creator and User.objects.get(username="admin").is_staff
     assert User.objects.get(username="buyer").is_buyer
@@ -44,3 +47,20 @@ def test_without_analyses_the_demo_pack_waits(db, capsys):
     pack = Pack.objects.get(slug="demo-everyday")
     assert pack.publish_when_eligible and not pack.versions.exists()
     assert services.publish_waiting_packs() == []  # still nothing eligible: no error, no version
+
+
+def test_make_run_swaps_in_a_curation_stand_in_only_when_the_model_cannot_be_had(db, settings, monkeypatch, tiny_clip):
+    from huggingface_hub import constants
+
+    from marketplace.core import demo_models
+
+    # A local checkpoint (an offline site's setting) is used as it is.
+    assert demo_models.curation_model_problem() is None
+    # The default pretrained tag, not cached, with the hub out of reach: the problem names the setting to fix.
+    settings.CURATION_CLIP_MODEL, settings.CURATION_CLIP_PRETRAINED = "ViT-B-32", "laion2b_s34b_b79k"
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    problem = demo_models.curation_model_problem()
+    assert "CURATION_CLIP_PRETRAINED" in problem and "HF_HUB_OFFLINE" in problem
+    # A missing checkpoint file is a problem too, named as such.
+    settings.CURATION_CLIP_PRETRAINED = "/nowhere/model.safetensors"
+    assert "does not exist" in demo_models.curation_model_problem()

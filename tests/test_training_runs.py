@@ -123,6 +123,9 @@ def form_data(licence, tiny_base, **overrides) -> dict:
         "caption_dropout": 0.05,
         "validation_prompts": "a photo of a cat\n",
         "validation_every": 3,
+        "num_validation_images": 1,
+        "validation_steps": 2,
+        "validation_guidance": 7.5,
         "checkpoint_every": 2,
     }
     return {**data, **overrides}
@@ -278,9 +281,13 @@ def test_a_redelivery_is_refused_while_the_lease_is_live_and_a_stale_run_is_take
     run.refresh_from_db()
     assert run.lease_token == "first-worker" and run.worker_host == "gpu-1 (pid 1)" and run.step == 3
 
-    # Once the lease is stale, a new delivery takes the run over and resumes from the checkpoint.
+    # The periodic recovery leaves a run with a live lease alone.
+    assert services.requeue_stale_runs() == []
+    # Once the lease is stale, the recovery sends the run to the queue again (the dead worker's message may
+    # be lost): that delivery takes the run over and resumes from the checkpoint.
     TrainingRun.objects.filter(pk=run.pk).update(heartbeat_at=dead_heartbeat - timezone.timedelta(seconds=301))
-    assert tasks.run_training.delay(run.pk).get() == services.Outcome.SUCCEEDED
+    assert services.requeue_stale_runs() == [run.pk]  # eager here: the task ran to its end
+    assert services.requeue_stale_runs() == []
     run.refresh_from_db()
     assert run.status == TrainingRun.Status.SUCCEEDED and run.step == 6
     assert run.lease_token != "first-worker" and "gpu-1" not in run.worker_host
@@ -411,3 +418,50 @@ def test_the_run_api_lets_staff_launch_and_cancel_and_each_buyer_read_only_their
     canceled = api.post(f"/api/training-runs/{run['id']}/cancel/")
     assert canceled.status_code == 200 and canceled.json()["status"] == "canceled"
     assert api.get("/api/training-runs/", {"status": "canceled"}).json()["count"] == 1
+
+
+def test_presets_fill_the_launch_form_and_the_demo_one_appears_once_its_model_is_built(
+    tiny_base, licence, staff, carol, settings, tmp_path
+):
+    page = reverse("training:launch")
+    settings.TRAINING_DEMO_BASE_MODEL = tmp_path / "not-built-yet"
+    response = client_for(staff).get(page)
+    keys = [preset.key for preset in response.context["presets"]]
+    assert keys == ["sd15", "sdxl"] and 'data-preset="demo"' not in response.content.decode()
+    form = client_for(staff).get(page, {"preset": "demo"}).context["form"]
+    assert not form.initial.get("base_model")  # an unknown or unavailable preset fills nothing
+
+    settings.TRAINING_DEMO_BASE_MODEL = tiny_base
+    response = client_for(staff).get(page, {"preset": "demo", "licence": str(licence.pk)})
+    assert 'data-preset="demo"' in response.content.decode()
+    form = response.context["form"]
+    assert form.initial["base_model"] == str(tiny_base) and form.initial["licence"] == licence
+    assert form.initial["resolution"] == 64 and form.initial["max_steps"] == 60
+    html = response.content.decode()
+    assert f'value="{tiny_base}"' in html and 'name="resolution" value="64"' in html
+    sdxl = client_for(staff).get(page, {"preset": "sdxl"}).context["form"].initial
+    assert sdxl["base_model"] == "stabilityai/stable-diffusion-xl-base-1.0" and sdxl["resolution"] == 1024
+    assert sdxl["gradient_checkpointing"] is True
+    # Only staff see the form at all.
+    assert client_for(carol).get(page, {"preset": "demo"}).status_code == 302
+
+
+def test_the_api_launches_from_a_preset_with_overrides_and_explains_a_bad_one(tiny_base, licence, staff, settings):
+    from rest_framework.test import APIClient
+
+    settings.TRAINING_DEMO_BASE_MODEL = tiny_base
+    api = APIClient()
+    api.force_authenticate(staff)
+    url = "/api/training-runs/"
+    created = api.post(
+        url, {"licence": str(licence.pk), "preset": "demo", "hyperparameters": {"max_steps": 7}}, format="json"
+    )
+    assert created.status_code == 201, created.content
+    run = TrainingRun.objects.get(pk=created.json()["id"])
+    assert run.base_model == str(tiny_base)
+    assert run.config["resolution"] == 64 and run.config["rank"] == 4 and run.config["max_steps"] == 7
+    unknown = api.post(url, {"licence": str(licence.pk), "preset": "sd9"}, format="json")
+    assert unknown.status_code == 400 and "sd15, sdxl, demo" in unknown.json()["preset"][0]
+    nothing = api.post(url, {"licence": str(licence.pk)}, format="json")
+    assert nothing.status_code == 400 and "preset" in nothing.json()["base_model"][0]
+    assert TrainingRun.objects.count() == 1

@@ -10,7 +10,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from marketplace.commerce.models import PackLicence
-from training import selectors, services
+from training import presets, selectors, services
 from training.models import TrainingRun
 from training.views import OUTPUT_FILES
 
@@ -28,7 +28,7 @@ class TrainingRunSerializer(serializers.ModelSerializer):
         fields = [
             "id", "licence", "pack", "version", "base_model", "config", "status", "step", "total_steps",
             "images_per_second", "created_at", "started_at", "finished_at", "worker_host", "cancel_requested_at",
-            "cancel_reason", "error", "losses", "page_url", "files", "usage_by_creator",
+            "cancel_reason", "error", "log_tail", "losses", "page_url", "files", "usage_by_creator",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -49,8 +49,29 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 
 class LaunchSerializer(serializers.Serializer):
     licence = serializers.UUIDField()
-    base_model = serializers.CharField(max_length=500)
-    hyperparameters = serializers.DictField(required=False, help_text="TrainConfig fields; omitted ones default.")
+    preset = serializers.CharField(
+        required=False, help_text="A preset's key (sd15, sdxl, demo): its base model and hyperparameters."
+    )
+    base_model = serializers.CharField(max_length=500, required=False, help_text="Required without a preset.")
+    hyperparameters = serializers.DictField(
+        required=False, help_text="TrainConfig fields; they override the preset's; omitted ones default."
+    )
+
+    def validate(self, data):
+        preset = None
+        if data.get("preset"):
+            preset = presets.get_preset(data["preset"])
+            if preset is None:
+                keys = ", ".join(p.key for p in presets.available_presets())
+                raise serializers.ValidationError(
+                    {"preset": f"Unknown preset {data['preset']!r}; these exist: {keys}."}
+                )
+        base_model = data.get("base_model") or (preset.base_model if preset else "")
+        if not base_model:
+            raise serializers.ValidationError({"base_model": "Name a base model, or a preset."})
+        data["base_model"] = base_model
+        data["hyperparameters"] = {**(preset.values if preset else {}), **data.get("hyperparameters", {})}
+        return data
 
 
 class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
@@ -78,7 +99,7 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
                 actor=request.user,
                 licence=licence,
                 base_model=launch.validated_data["base_model"],
-                **launch.validated_data.get("hyperparameters", {}),
+                **launch.validated_data["hyperparameters"],
             )
         except DjangoValidationError as error:
             detail = error.message_dict if hasattr(error, "error_dict") else {"non_field_errors": error.messages}

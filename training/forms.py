@@ -42,7 +42,13 @@ class LaunchForm(forms.Form):
     )
     validation_every = forms.IntegerField(initial=DEFAULTS.validation_every, label="Validation interval (steps)",
                                           help_text="0: validation images only at the end.")  # fmt: skip
+    num_validation_images = forms.IntegerField(initial=DEFAULTS.num_validation_images,
+                                               label="Validation images per prompt")  # fmt: skip
+    validation_steps = forms.IntegerField(initial=DEFAULTS.validation_steps, label="Validation denoising steps")
+    validation_guidance = forms.FloatField(initial=DEFAULTS.validation_guidance, label="Validation guidance scale")
     checkpoint_every = forms.IntegerField(initial=DEFAULTS.checkpoint_every, label="Checkpoint interval (steps)")
+    compile = forms.BooleanField(required=False, initial=DEFAULTS.compile, label="torch.compile the UNet",
+                                 help_text="Faster long runs on a GPU, after a few minutes of compiling.")  # fmt: skip
 
     def hyperparameters(self) -> dict:
         data = dict(self.cleaned_data)

@@ -28,6 +28,9 @@ class TrainingRun(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="The worker's lease, renewed while it trains.")
     worker_host = models.CharField(max_length=200, blank=True)
     task_id = models.CharField(max_length=100, blank=True, help_text="The Celery task id.")
+    requeued_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a stale run (its worker gone) was last sent to the queue again."
+    )
     lease_token = models.CharField(max_length=32, blank=True, help_text="The claim of the worker training it.")
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
     cancel_reason = models.CharField(max_length=200, blank=True)

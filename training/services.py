@@ -21,7 +21,7 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from marketplace.commerce.models import PackLicence
@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 SAVE_EVERY_SECONDS = 2.0  # progress (and the lease's heartbeat) is written at most this often
 STOP_CHECK_SECONDS = 2.0  # cancel_requested_at is read at most this often
 LOG_LINES = 200
+REQUEUE_AGAIN_SECONDS = 3600  # a requeued run nobody claimed (its message lost as well) is sent again
 MAX_LOSS_POINTS = 400
 # Set by the worker (TRAINING_DEVICE), not by whoever launches the run.
 LAUNCH_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in ("base_model", "device"))
@@ -119,6 +120,34 @@ def _enqueue(run_id: int) -> None:
 
     result = tasks.run_training.delay(run_id)
     TrainingRun.objects.filter(pk=run_id, task_id="").update(task_id=result.id or "")
+
+
+def requeue_stale_runs() -> list[int]:
+    """Send runs whose worker died (running, lease expired) to the training queue again, once per stall.
+
+    A killed worker's task message may be gone (the filesystem broker) or held back for hours (Redis'
+    visibility timeout), so the periodic recovery and a starting worker send a new one; claim_run lets one
+    copy take the run over and it resumes from its last checkpoint. A copy that finds it taken is refused.
+    """
+    now = timezone.now()
+    stale = now - timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
+    not_yet_requeued = (
+        Q(requeued_at__isnull=True)
+        | Q(requeued_at__lt=F("heartbeat_at"))  # requeued before, and it ran since
+        | Q(requeued_at__lt=now - timedelta(seconds=REQUEUE_AGAIN_SECONDS))  # that message was lost too
+    )
+    requeued = []
+    candidates = TrainingRun.objects.filter(not_yet_requeued, status=TrainingRun.Status.RUNNING, heartbeat_at__lt=stale)
+    for run_id in candidates.values_list("pk", flat=True):
+        # Conditional, so that two recoveries at once (beat and a starting worker) send it once.
+        if TrainingRun.objects.filter(not_yet_requeued, pk=run_id, heartbeat_at__lt=stale).update(requeued_at=now):
+            from training import tasks
+
+            result = tasks.run_training.delay(run_id)
+            TrainingRun.objects.filter(pk=run_id).update(task_id=result.id or "")
+            logger.warning("training run %s: its worker stopped renewing the lease; sent to the queue again", run_id)
+            requeued.append(run_id)
+    return requeued
 
 
 def _request_stop(run: TrainingRun, reason: str) -> TrainingRun:

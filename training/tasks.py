@@ -12,3 +12,9 @@ def run_training(self, run_id: int) -> str:
     if outcome == services.Outcome.REFUSED and not self.request.is_eager:
         raise self.retry(countdown=services.lease_recheck_seconds())
     return outcome
+
+
+@shared_task
+def requeue_stale_runs() -> list[int]:
+    """Periodic (celery beat): runs whose worker died go back to the training queue and resume."""
+    return services.requeue_stale_runs()

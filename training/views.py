@@ -12,7 +12,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from marketplace.commerce.models import PackLicence
 from marketplace.packs.models import Pack
-from training import selectors, services
+from training import presets, selectors, services
 from training.forms import LaunchForm
 from training.models import TrainingRun
 
@@ -60,12 +60,17 @@ def launch(request):
                 messages.success(request, f"Training run {run.pk} queued.")
                 return redirect("training:detail", run.pk)
     else:
-        initial = {}
+        preset = presets.get_preset(request.GET.get("preset"))
+        initial = preset.form_initial() if preset else {}
         licence = PackLicence.objects.filter(pk=request.GET.get("licence")).first() if _is_uuid(request) else None
         if licence is not None:
             initial["licence"] = licence
         form = LaunchForm(initial=initial)
-    return render(request, "training/launch.html", {"form": form})
+    return render(
+        request,
+        "training/launch.html",
+        {"form": form, "presets": presets.available_presets(), "licence_id": request.GET.get("licence", "")},
+    )
 
 
 def _is_uuid(request) -> bool:

@@ -40,6 +40,7 @@ __all__ = [
     "LoadedModel",
     "ModelSpec",
     "ModelUnavailable",
+    "check_weights",
     "analyse_images",
     "decode_for_model",
     "load_model",
@@ -96,6 +97,12 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             if loaded is None:
                 loaded = _MODELS[spec] = _load(spec)
     return loaded
+
+
+def check_weights(spec: ModelSpec) -> None:
+    """Raise ModelUnavailable, in seconds, when spec's weights can be neither read locally nor downloaded."""
+    register_model_configs()
+    _resolve_source(spec)
 
 
 def register_model_configs() -> None:
@@ -198,6 +205,13 @@ def _tag_source(spec: ModelSpec, tag: dict) -> _Source:
         }
         return _Source(spec.name, cached, {key: value for key, value in preprocess.items() if value is not None})
     url = None if tag.get("hf_hub") else tag.get("url")  # open_clip prefers the hub when a tag has both
+    from huggingface_hub import constants
+
+    if tag.get("hf_hub") and constants.HF_HUB_OFFLINE:
+        raise ModelUnavailable(
+            f"Could not load CLIP weights {spec.pretrained!r} for {spec.name}: they are not in the local cache and "
+            f"HF_HUB_OFFLINE is set. Set {PRETRAINED_SETTING} to a local checkpoint path or a local-dir: folder."
+        )
     _require_hub(f"Could not load CLIP weights {spec.pretrained!r} for {spec.name}", PRETRAINED_SETTING, url)
     return _Source(spec.name, spec.pretrained)
 

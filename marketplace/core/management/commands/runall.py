@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand
 from django.urls import reverse
 
 from marketplace.commerce import embedded
+from marketplace.core import demo_models
 
 
 class Command(BaseCommand):
@@ -37,6 +38,8 @@ class Command(BaseCommand):
         share = str(max(1, (os.cpu_count() or 1) // concurrency))
         env.setdefault("OMP_NUM_THREADS", share)
         env.setdefault("OPENBLAS_NUM_THREADS", share)
+        if settings.DEMO_OFFLINE_MODELS:
+            self._offline_stand_ins(env)
         # Children get their own session: this process alone decides how they stop.
         children = {}
         if settings.LOCALSTRIPE_URL:
@@ -89,3 +92,18 @@ class Command(BaseCommand):
                 child.wait()
         self.stdout.write("Stopped.")
         sys.exit(exit_code)
+
+    def _offline_stand_ins(self, env: dict) -> None:
+        """No curation weights to be had here: the demo curates with a tiny CLIP trained on its photos."""
+        problem = demo_models.curation_model_problem()
+        if problem is None:
+            return
+        self.stdout.write("The curation model cannot be loaded on this machine; training a tiny stand-in…")
+        env.update(demo_models.curation_stand_in())
+        self.stdout.write(
+            self.style.WARNING(
+                f"{problem}\nThe demo curates with a tiny CLIP trained on the demo photos instead: captions come "
+                "from its phrase bank and search knows only the demo photos. For real curation, set "
+                "CURATION_CLIP_PRETRAINED to a local checkpoint (or give this machine access to the model hub)."
+            )
+        )

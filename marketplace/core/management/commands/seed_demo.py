@@ -71,6 +71,7 @@ class Command(BaseCommand):
             added += self._upload(creator, photo, title, tags, licence, consent, with_gps)
         self.stdout.write(self.style.SUCCESS(f"Demo data ready ({added} new images)."))
         self._demo_pack(users["admin"])
+        self._demo_base_model()
         self.stdout.write("Log in at http://127.0.0.1:8000/accounts/login/ as:")
         for username, password, creator_role, _buyer, staff in DEMO_USERS:
             role = "staff (admin)" if staff else "creator" if creator_role else "buyer"
@@ -99,6 +100,12 @@ class Command(BaseCommand):
             )
         else:
             self.stdout.write(f"Published {version}: http://127.0.0.1:8000/packs/{pack.slug}/")
+
+    def _demo_base_model(self) -> None:
+        from marketplace.core import demo_models
+
+        folder = demo_models.build_demo_base_model()
+        self.stdout.write(f"Demo base model for training (a tiny Stable Diffusion): {folder}")
 
     def _user(self, username, password, *, creator, buyer, staff) -> User:
         user = User.objects.filter(username=username).first()

@@ -1,0 +1,137 @@
+"""Training runs in a real browser (Debian's Chromium through Playwright), as staff and a licence holder use them.
+
+Staff pick the demo preset on the launch form, queue a run and watch its page update live (status, steps,
+ETA, images/s, worker, loss curve, validation samples, log), cancel it mid-run (the checkpoint is kept),
+then let a second run finish and download its LoRA. The licence holder finds the run and its files; a
+creator whose photos it used does not. Runs train in a thread beside the live server (a worker process's
+stand-in: Celery is eager in tests, which would train inside the launch request), on the tiny Stable
+Diffusion pipeline.
+"""
+
+import threading
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from safetensors.torch import load_file
+
+from tests.test_browser import browser, expect, log_in, page, server  # noqa: F401  (shared fixtures)
+from tests.test_training_runs import (  # noqa: F401  (shared fixtures)
+    licence,
+    tiny_base,
+    training_settings,
+    version,
+)
+from training import services
+from training.models import TrainingRun
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword"),
+]
+
+
+@pytest.fixture
+def worker_threads(monkeypatch):
+    """Launching a run starts its training in a thread, as a worker would pick it up from the queue."""
+    threads: list[threading.Thread] = []
+
+    def train_in_background(run_id: int) -> None:
+        def work():
+            try:
+                services.execute_run(run_id)
+            finally:
+                connection.close()
+
+        thread = threading.Thread(target=work, name=f"training-run-{run_id}", daemon=True)
+        threads.append(thread)
+        thread.start()
+
+    monkeypatch.setattr(services, "_enqueue", train_in_background)
+    yield threads
+    for run in TrainingRun.objects.exclude(status__in=TrainingRun.FINISHED):
+        services.cancel_run(run, actor=run.launched_by)
+    for thread in threads:
+        thread.join(timeout=60)
+
+
+def launch_demo_run(page, server, expect, licence, *, steps: int) -> int:
+    page.goto(f"{server.url}/training/runs/new/?licence={licence.pk}")
+    page.get_by_role("link", name="Demo (tiny model, CPU)").click()
+    expect(page.locator("#id_resolution")).to_have_value("64")
+    expect(page.locator("#id_licence")).to_have_value(str(licence.pk))  # kept when the preset was picked
+    page.fill("#id_max_steps", str(steps))
+    page.fill("#id_validation_prompts", "a photo of a cat")
+    page.get_by_role("button", name="Queue the run").click()
+    expect(page).to_have_url(f"{server.url}/training/runs/{TrainingRun.objects.latest('pk').pk}/")
+    return TrainingRun.objects.latest("pk").pk
+
+
+def test_staff_watch_a_run_live_cancel_it_and_download_a_finished_runs_lora(
+    server, page, expect, staff, carol, alice, licence, tiny_base, settings, worker_threads, tmp_path, browser
+):
+    settings.TRAINING_DEMO_BASE_MODEL = tiny_base
+    log_in(page, server, expect, username=staff.username, next_path="/training/runs/")
+
+    # A long run: watched live, then canceled.
+    run_id = launch_demo_run(page, server, expect, licence, steps=400)
+    expect(page.locator("#run-status")).to_have_text("Running")
+    expect(page.locator("#run-worker")).to_contain_text("pid")
+    expect(page.locator("#run-samples img")).to_have_count(1, timeout=90_000)  # the step-20 validation image
+    expect(page.locator("#run-samples figcaption")).to_have_text("step 20")
+    step = int(page.locator("#run-step").inner_text())
+    assert 20 <= step < 400
+    expect(page.locator("#run-eta")).to_have_text(_seconds())
+    expect(page.locator("#run-ips")).not_to_have_text("–")
+    assert len(page.locator("#loss-curve polyline").get_attribute("points").split()) >= 2
+    expect(page.locator("#run-log")).to_contain_text("Claimed by")
+    sample = page.request.get(server.url + page.locator("#run-samples img").get_attribute("src"))
+    assert sample.ok and sample.headers["content-type"] == "image/png"
+
+    page.get_by_role("button", name="Cancel the run").click()
+    expect(page.locator("#run-status")).to_have_text("Canceled", timeout=60_000)
+    expect(page.locator("#run-log")).to_contain_text("the last checkpoint is kept")
+    expect(page.locator("#run-cancel")).to_have_count(0)
+    canceled = TrainingRun.objects.get(pk=run_id)
+    assert 20 <= canceled.step < 400
+    checkpoints = list((Path(settings.TRAINING_WORK_DIR) / str(run_id) / "output" / "checkpoints").iterdir())
+    assert checkpoints, "the cancel kept no checkpoint"
+
+    # A short run to its end: the page reloads with the outputs.
+    finished_id = launch_demo_run(page, server, expect, licence, steps=12)
+    expect(page.locator("#run-status")).to_have_text("Succeeded", timeout=90_000)
+    expect(page.locator("#run-outputs a")).to_have_count(3)
+    expect(page.locator("#run-usage tbody tr").first).not_to_contain_text("Recorded when the run succeeds")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="pytorch_lora_weights.safetensors").click()
+    saved = tmp_path / "lora.safetensors"
+    download.value.save_as(saved)
+    assert any("lora" in name for name in load_file(str(saved)))
+
+    # The runs list filters by status.
+    page.goto(f"{server.url}/training/runs/?status=canceled")
+    expect(page.get_by_role("link", name=f"#{run_id}", exact=True)).to_be_visible()
+    expect(page.get_by_role("link", name=f"#{finished_id}", exact=True)).to_have_count(0)
+
+    # The licence holder sees the run and downloads its files; alice, a creator in the pack, does not.
+    holder = browser.new_context()
+    holder_page = holder.new_page()
+    log_in(holder_page, server, expect, username=carol.username, next_path="/training/runs/")
+    holder_page.get_by_role("link", name=f"#{finished_id}", exact=True).click()
+    expect(holder_page.locator("#run-cancel")).to_have_count(0)  # only staff cancel
+    grid = holder_page.request.get(f"{server.url}/training/runs/{finished_id}/files/grid/")
+    assert grid.ok and grid.body()[:8] == b"\x89PNG\r\n\x1a\n"
+    holder.close()
+    other = browser.new_context()
+    other_page = other.new_page()
+    log_in(other_page, server, expect, username=alice.username, next_path="/training/runs/")
+    expect(other_page.get_by_role("link", name=f"#{finished_id}", exact=True)).to_have_count(0)
+    assert other_page.request.get(f"{server.url}/training/runs/{finished_id}/").status == 404
+    other.close()
+
+
+def _seconds():
+    import re
+
+    return re.compile(r"^\d+ s$")
