@@ -228,9 +228,8 @@ PLATFORM_SHARE_PERCENT = env_int("PLATFORM_SHARE_PERCENT", 15)
 PAYOUT_MINIMUM_CENTS = env_int("PAYOUT_MINIMUM_CENTS", 2500)
 
 # --- Training ---------------------------------------------------------------------
-# Where a worker keeps a run's cache and checkpoints while it trains. A run resumes from here after a
-# crash, a cancel or a restart, so put it on a disk that outlives the worker process (or a shared one,
-# for resuming on another machine). Finished outputs are saved to media storage.
+# Where a worker keeps a run's cache and checkpoints while it trains. Each checkpoint is also copied to
+# media storage, so a run taken over on another machine resumes from it; outputs are saved there too.
 TRAINING_WORK_DIR = Path(env_str("TRAINING_WORK_DIR", str(VAR_DIR / "training")))
 TRAINING_DEVICE = env_str("TRAINING_DEVICE", "auto")  # auto, cpu or cuda
 # A running run's worker renews this lease; a redelivered task finding a live lease is refused.

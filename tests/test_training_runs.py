@@ -465,3 +465,58 @@ def test_the_api_launches_from_a_preset_with_overrides_and_explains_a_bad_one(ti
     nothing = api.post(url, {"licence": str(licence.pk)}, format="json")
     assert nothing.status_code == 400 and "preset" in nothing.json()["base_model"][0]
     assert TrainingRun.objects.count() == 1
+
+
+def test_a_run_taken_over_on_another_machine_resumes_from_its_checkpoint_in_storage(
+    tiny_base, licence, staff, monkeypatch, settings, tmp_path
+):
+    from django.core.files.storage import default_storage
+    from safetensors.torch import load_file
+
+    run = launch(staff, licence, tiny_base)
+    stop_at(monkeypatch, 3)
+    services.execute_run(run.pk)
+    monkeypatch.undo()
+    run.refresh_from_db()
+    # Each checkpoint is mirrored to media storage; only the latest is kept there.
+    assert run.checkpoint_path.endswith("checkpoint-00000003.tar")
+    _, stored = default_storage.listdir(f"training/{run.pk}/checkpoints")
+    assert stored == ["checkpoint-00000003.tar"]
+
+    # The worker died; the run is taken over on a machine whose work folder is empty.
+    settings.TRAINING_WORK_DIR = tmp_path / "another-machine"
+    TrainingRun.objects.filter(pk=run.pk).update(
+        status=TrainingRun.Status.RUNNING,
+        cancel_requested_at=None,
+        finished_at=None,
+        heartbeat_at=timezone.now() - timezone.timedelta(seconds=400),
+        lease_token="dead-worker",
+    )
+    assert services.execute_run(run.pk) == services.Outcome.SUCCEEDED
+    run.refresh_from_db()
+    assert "Fetched checkpoint-00000003 from storage" in run.log_tail
+    assert "Resumed from checkpoint-00000003 at step 3" in run.log_tail
+    assert run.step == 6 and run.checkpoint_path == ""  # done: the resumable state is deleted
+    assert default_storage.listdir(f"training/{run.pk}/checkpoints") == ([], [])
+
+    uninterrupted = launch(staff, licence, tiny_base)
+    assert services.execute_run(uninterrupted.pk) == services.Outcome.SUCCEEDED
+    uninterrupted.refresh_from_db()
+    resumed = load_file(default_storage.path(run.lora_path))
+    expected = load_file(default_storage.path(uninterrupted.lora_path))
+    assert resumed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.allclose(resumed[name], tensor, atol=1e-5), name
+
+
+def test_a_damaged_checkpoint_in_storage_fails_the_run_with_a_reason(tiny_base, licence, staff, settings, tmp_path):
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import default_storage
+
+    run = launch(staff, licence, tiny_base)
+    bad = default_storage.save(f"training/{run.pk}/checkpoints/checkpoint-00000002.tar", ContentFile(b"not a tar"))
+    TrainingRun.objects.filter(pk=run.pk).update(checkpoint_path=bad)
+    assert services.execute_run(run.pk) == services.Outcome.FAILED
+    run.refresh_from_db()
+    assert run.status == TrainingRun.Status.FAILED
+    assert "checkpoint in storage" in run.error and "cannot be restored" in run.error

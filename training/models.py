@@ -38,6 +38,9 @@ class TrainingRun(models.Model):
     log_tail = models.TextField(blank=True, help_text="The last lines of the run's log.")
     losses = models.JSONField(default=list, blank=True, help_text="[[step, loss], ...], thinned.")
     samples = models.JSONField(default=list, blank=True, help_text="Validation images: [{step, path}, ...].")
+    checkpoint_path = models.CharField(
+        max_length=500, blank=True, help_text="The latest checkpoint (a tar in media storage) to resume from."
+    )
     lora_path = models.CharField(max_length=500, blank=True)
     sample_grid_path = models.CharField(max_length=500, blank=True)
     model_card_path = models.CharField(max_length=500, blank=True)

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import socket
+import tarfile
 import threading
 import time
 import traceback
@@ -263,6 +264,32 @@ def _copy_data(run: TrainingRun, folder: Path) -> list[Path]:
     return paths
 
 
+def _restore_checkpoint(run: TrainingRun, checkpoints: Path, progress: _Progress) -> None:
+    """A run taken over on a machine without its work folder gets its latest checkpoint from storage."""
+    if not run.checkpoint_path or any(checkpoints.glob("checkpoint-*/state.json")):
+        return
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    scratch = checkpoints / f".restore-{uuid.uuid4().hex[:8]}"
+    try:
+        _extract_checkpoint(run.checkpoint_path, scratch)
+        name = next(scratch.iterdir()).name
+        os.replace(scratch / name, checkpoints / name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    progress.log(f"Fetched {name} from storage")
+
+
+def _extract_checkpoint(path: str, target: Path) -> None:
+    try:
+        with default_storage.open(path, "rb") as source, tarfile.open(fileobj=source) as tar:
+            top = {Path(member.name).parts[0] for member in tar.getmembers()}
+            if len(top) != 1 or not next(iter(top)).startswith("checkpoint-"):
+                raise ValueError("it holds no checkpoint folder")
+            tar.extractall(target, filter="data")  # "data": no absolute paths, links or devices
+    except (OSError, tarfile.TarError, ValueError) as error:
+        raise ValueError(f"The run's checkpoint in storage ({path}) cannot be restored: {error}") from error
+
+
 def _thin(points: list) -> list:
     while len(points) > MAX_LOSS_POINTS:
         points = points[:-1:2] + points[-1:]
@@ -307,6 +334,24 @@ class _Progress:
             name = default_storage.save(name, ContentFile(buffer.getvalue()))
             self.samples.append({"step": step, "path": name})
         self.save(force=True)
+
+    def on_checkpoint(self, step: int, folder: Path) -> None:
+        """Mirror the engine's checkpoint to media storage, so that a worker on another machine (whose work
+        folder is empty) resumes the run from it. The run points at the new copy before the old one goes."""
+        archive = folder.parent / f".{folder.name}.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(folder, arcname=folder.name)
+        try:
+            with open(archive, "rb") as handle:
+                name = default_storage.save(f"{storage_prefix(self.run)}/checkpoints/{folder.name}.tar", File(handle))
+        finally:
+            archive.unlink(missing_ok=True)
+        previous = self.owned().values_list("checkpoint_path", flat=True).first()
+        if self.save(force=True, checkpoint_path=name):
+            if previous and previous != name:
+                default_storage.delete(previous)
+        else:  # another worker owns the run now: its checkpoints count, not this one
+            default_storage.delete(name)
 
     def should_stop(self) -> bool:
         if self.lease_lost:
@@ -404,10 +449,12 @@ def execute_run(run_id: int) -> str:
             on_step=progress.on_step,
             should_stop=progress.should_stop,
             on_validation=progress.on_validation,
+            on_checkpoint=progress.on_checkpoint,
             log=progress.log,
         )
         with _Heartbeat(run, progress):
             data = _copy_data(run, folder / "data")
+            _restore_checkpoint(run, folder / "output" / "checkpoints", progress)
             result = train(config, data, folder / "output", callbacks=callbacks)
         if progress.lease_lost:
             return Outcome.LEASE_LOST
@@ -433,8 +480,11 @@ def execute_run(run_id: int) -> str:
                 lora_path=lora,
                 sample_grid_path=grid,
                 model_card_path=card,
+                checkpoint_path="",
                 error="",
             )
+        if run.checkpoint_path:  # the outputs are saved: the resumable state is no longer needed
+            default_storage.delete(run.checkpoint_path)
         return Outcome.SUCCEEDED
     except ModelUnavailable as error:
         progress.log(f"Failed: {error}")
