@@ -251,6 +251,14 @@ def demo_base_model_folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("demo-models") / "tiny-sd"
 
 
+@pytest.fixture(scope="session")
+def tiny_base(demo_base_model_folder) -> Path:
+    """The tiny Stable Diffusion pipeline, built once per test run; the demo run's base model as well."""
+    from training.engine.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(demo_base_model_folder)
+
+
 @pytest.fixture(autouse=True)
 def demo_base_model_setting(settings, demo_base_model_folder):
     """seed_demo builds the demo run's tiny Stable Diffusion here (once per test run), not in the repo's var/."""

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from tests.test_browser import browser, expect, log_in, page, server  # noqa: F401  (shared fixtures)
 from tests.test_training_runs import (  # noqa: F401  (shared fixtures)
     licence,
-    tiny_base,
     training_settings,
     version,
 )
@@ -93,6 +92,7 @@ def test_staff_watch_a_run_live_cancel_it_and_download_a_finished_runs_lora(
     expect(page.locator("#run-status")).to_have_text("Canceled", timeout=60_000)
     expect(page.locator("#run-log")).to_contain_text("the last checkpoint is kept")
     expect(page.locator("#run-cancel")).to_have_count(0)
+    expect(page.locator("#run-usage tbody tr").first).not_to_contain_text("Recorded when the run ends")
     canceled = TrainingRun.objects.get(pk=run_id)
     assert 20 <= canceled.step < 400
     checkpoints = list((Path(settings.TRAINING_WORK_DIR) / str(run_id) / "output" / "checkpoints").iterdir())
@@ -102,7 +102,7 @@ def test_staff_watch_a_run_live_cancel_it_and_download_a_finished_runs_lora(
     finished_id = launch_demo_run(page, server, expect, licence, steps=12)
     expect(page.locator("#run-status")).to_have_text("Succeeded", timeout=90_000)
     expect(page.locator("#run-outputs a")).to_have_count(3)
-    expect(page.locator("#run-usage tbody tr").first).not_to_contain_text("Recorded when the run succeeds")
+    expect(page.locator("#run-usage tbody tr").first).not_to_contain_text("Recorded when the run ends")
     with page.expect_download() as download:
         page.get_by_role("link", name="pytorch_lora_weights.safetensors").click()
     saved = tmp_path / "lora.safetensors"

@@ -13,7 +13,8 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from marketplace.commerce.models import Order
-from marketplace.packs.models import Pack, PackItem, PackVersion, Revocation
+from marketplace.packs import services as packs
+from marketplace.packs.models import Pack, PackVersion, Revocation
 from marketplace.royalties import selectors, services
 from marketplace.royalties.allocation import allocate_sale, largest_remainder
 from marketplace.royalties.models import Account, AllocationLine, Entry, Transaction
@@ -25,40 +26,18 @@ PHOTOS = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble", "r
 
 
 def publish_version(assets, *, price_cents=1000, title="Everyday photos", number=1) -> PackVersion:
-    """A published version holding `assets`, as packs would freeze it (small JSON stand-ins)."""
+    """A published version holding `assets`, frozen by the packs service (with a small datasheet stand-in)."""
     pack = Pack.objects.create(title=title, slug=f"pack-{uuid.uuid4().hex[:10]}", price_cents=price_cents)
-    version = PackVersion.objects.create(
-        pack=pack,
+    items = packs.items_for(assets)
+    return packs.freeze_version(
+        pack,
         number=number,
-        title=title,
-        use=Pack.Use.COMMERCIAL,
-        price_cents=price_cents,
-        currency="usd",
-        item_count=len(assets),
-        creator_count=len({asset.owner_id for asset in assets}),
-        licence_terms={"licence": "mkt-ai-commercial-1.0"},
+        published_at=timezone.now().replace(microsecond=0),
+        items=items,
+        actor=None,
+        terms=packs.licence_terms(pack.use, items),
         datasheet={"title": title},
-        manifest={"items": [asset.pk for asset in assets]},
-        manifest_sha256=uuid.uuid4().hex * 2,
     )
-    for position, asset in enumerate(assets):
-        PackItem.objects.create(
-            version=version,
-            asset=asset,
-            creator=asset.owner,
-            position=position,
-            key=f"{position:06d}",
-            file_name=asset.delivery.name,
-            file_format=asset.format,
-            sha256=asset.sha256,
-            byte_size=asset.byte_size,
-            width=asset.width,
-            height=asset.height,
-            training_caption=f"{asset.title}, a photo",
-            licence=asset.licence,
-            title=asset.title,
-        )
-    return version
 
 
 def paid_order(version, buyer, *, amount_cents=None, fee_cents=59) -> Order:

@@ -1,7 +1,7 @@
 """Pack downloads: WebDataset shards and the imagefolder zip, built once per version by a Celery task.
 
-Versions are made here directly from eligible assets (not through publishing), exactly as the packs
-contract describes them, so that these tests read back what a buyer would download.
+Versions are frozen here directly from eligible assets by `services.freeze_version` (not through
+publishing's selection), so that these tests read back what a buyer would download.
 """
 
 import hashlib
@@ -18,9 +18,9 @@ from django.urls import reverse
 from django.utils import timezone
 
 from marketplace.core.storage import AtomicFileSystemStorage
-from marketplace.packs import exports, tasks
+from marketplace.packs import exports, services, tasks
 from marketplace.packs.datasheet import render_markdown
-from marketplace.packs.manifest import build_manifest, canonical_bytes, manifest_sha256
+from marketplace.packs.manifest import canonical_bytes
 from marketplace.packs.models import Pack, PackExport, PackItem, PackVersion
 
 DATASHEET = {
@@ -32,63 +32,18 @@ CAPTIONS = ["an astronaut in a white suit", "a rocket on its launch pad", "café
 
 
 def publish(staff, assets, *, slug="street-life", number=1) -> PackVersion:
-    """A published version of these assets, as the publish service freezes one."""
+    """A published version of these assets, frozen as the publish service freezes one (fixed terms and
+    datasheet, published three days ago)."""
     pack, _ = Pack.objects.get_or_create(slug=slug, defaults={"title": "Street life", "price_cents": 4900})
-    published_at = timezone.now().replace(microsecond=0) - timedelta(days=3)
-    items = []
-    for position, asset in enumerate(assets):
-        data = default_storage.open(asset.delivery.name, "rb").read()
-        items.append(
-            PackItem(
-                asset=asset,
-                creator=asset.owner,
-                position=position,
-                key=f"{position:06d}",
-                file_name=asset.delivery.name,
-                file_format=asset.format,
-                sha256=hashlib.sha256(data).hexdigest(),
-                byte_size=len(data),
-                width=asset.width,
-                height=asset.height,
-                training_caption=asset.analysis.effective_training_caption,
-                licence=asset.licence,
-                title=asset.title,
-            )
-        )
-    terms = {"use": "commercial", "summary": "Train and sell models; do not redistribute the images."}
-    manifest = build_manifest(
-        slug=pack.slug,
-        title=pack.title,
+    return services.freeze_version(
+        pack,
         number=number,
-        use=pack.use,
-        published_at=published_at,
-        price_cents=pack.price_cents,
-        currency=pack.currency,
-        licence_terms=terms,
+        published_at=timezone.now().replace(microsecond=0) - timedelta(days=3),
+        items=services.items_for(assets),
+        actor=staff,
+        terms={"use": "commercial", "summary": "Train and sell models; do not redistribute the images."},
         datasheet=DATASHEET,
-        items=items,
     )
-    version = PackVersion.objects.create(
-        pack=pack,
-        number=number,
-        title=pack.title,
-        use=pack.use,
-        price_cents=pack.price_cents,
-        currency=pack.currency,
-        item_count=len(items),
-        creator_count=len({item.creator_id for item in items}),
-        licence_terms=terms,
-        datasheet=DATASHEET,
-        manifest=manifest,
-        manifest_sha256=manifest_sha256(manifest),
-        published_by=staff,
-    )
-    PackVersion.objects.filter(pk=version.pk).update(published_at=published_at)
-    version.published_at = published_at
-    for item in items:
-        item.version = version
-    PackItem.objects.bulk_create(items)
-    return version
 
 
 @pytest.fixture

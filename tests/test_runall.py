@@ -18,9 +18,12 @@ from tests.process_helpers import ROOT, free_port, wait_for
 
 
 @pytest.fixture
-def marketplace_env(tmp_path):
+def marketplace_env(tmp_path, demo_base_model_folder):
     # No curation here: its default model would be fetched from the hub (tests never touch the network).
-    env = process_helpers.marketplace_env(tmp_path / "var", CURATION_ANALYSE_ON_READY="0")
+    # The demo's tiny Stable Diffusion is the test run's (built once), not rebuilt in this var/.
+    env = process_helpers.marketplace_env(
+        tmp_path / "var", CURATION_ANALYSE_ON_READY="0", TRAINING_DEMO_BASE_MODEL=str(demo_base_model_folder)
+    )
     for args in (["migrate", "--noinput", "-v", "0"], ["seed_demo"]):
         process_helpers.manage(env, *args)
     return env

@@ -49,7 +49,7 @@ def test_without_analyses_the_demo_pack_waits(db, capsys):
     assert services.publish_waiting_packs() == []  # still nothing eligible: no error, no version
 
 
-def test_make_run_swaps_in_a_curation_stand_in_only_when_the_model_cannot_be_had(db, settings, monkeypatch, tiny_clip):
+def test_make_run_finds_when_the_curation_model_cannot_be_had_here(db, settings, monkeypatch, tiny_clip):
     from huggingface_hub import constants
 
     from marketplace.core import demo_models
@@ -61,6 +61,11 @@ def test_make_run_swaps_in_a_curation_stand_in_only_when_the_model_cannot_be_had
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     problem = demo_models.curation_model_problem()
     assert "CURATION_CLIP_PRETRAINED" in problem and "HF_HUB_OFFLINE" in problem
+    # So is an hf-hub: model that is not cached, named by its setting.
+    settings.CURATION_CLIP_MODEL, settings.CURATION_CLIP_PRETRAINED = "hf-hub:example/not-cached-clip", ""
+    problem = demo_models.curation_model_problem()
+    assert "CURATION_CLIP_MODEL" in problem and "HF_HUB_OFFLINE" in problem
+    settings.CURATION_CLIP_MODEL = "ViT-B-32"
     # A missing checkpoint file is a problem too, named as such.
     settings.CURATION_CLIP_PRETRAINED = "/nowhere/model.safetensors"
     assert "does not exist" in demo_models.curation_model_problem()

@@ -25,11 +25,6 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="session")
-def tiny_base(tmp_path_factory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "tiny-sd")
-
-
 def _config(base: Path, **overrides) -> TrainConfig:
     values = dict(
         base_model=str(base),

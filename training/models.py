@@ -27,7 +27,6 @@ class TrainingRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="The worker's lease, renewed while it trains.")
     worker_host = models.CharField(max_length=200, blank=True)
-    task_id = models.CharField(max_length=100, blank=True, help_text="The Celery task id.")
     requeued_at = models.DateTimeField(
         null=True, blank=True, help_text="When a stale run (its worker gone) was last sent to the queue again."
     )

@@ -28,6 +28,7 @@ from django.utils import timezone
 from marketplace.commerce.models import PackLicence
 from marketplace.packs.models import PackExport, PackItem
 from training import selectors
+from training.engine.train import ConfigError as EngineConfigError
 from training.engine.train import TrainConfig
 from training.models import TrainingRun, TrainingUsage
 
@@ -53,17 +54,7 @@ class Outcome:
 
 
 class ConfigError(ValidationError):
-    """Invalid hyperparameters; `error_dict` is keyed by TrainConfig field names where the engine names one."""
-
-
-def _config_errors(message: str) -> ConfigError:
-    body = message.removeprefix("Invalid training configuration: ").rstrip(".")
-    names = [f.name for f in fields(TrainConfig)]
-    errors: dict[str, list[str]] = {}
-    for part in body.split("; "):
-        field = next((name for name in names if part.startswith(name + " ")), None)
-        errors.setdefault(field or "__all__", []).append(part[:1].upper() + part[1:] + ".")
-    return ConfigError(errors)
+    """Invalid hyperparameters; `error_dict` is keyed by TrainConfig field name, as the engine reports them."""
 
 
 def build_config(base_model: str, **hyperparameters) -> TrainConfig:
@@ -72,8 +63,13 @@ def build_config(base_model: str, **hyperparameters) -> TrainConfig:
         raise ValidationError(f"Unknown hyperparameters: {', '.join(sorted(unknown))}.")
     try:
         return TrainConfig(base_model=(base_model or "").strip(), **hyperparameters)
-    except ValueError as error:
-        raise _config_errors(str(error)) from error
+    except EngineConfigError as error:
+        raise ConfigError(
+            {
+                field: [message[:1].upper() + message[1:] + "." for message in messages]
+                for field, messages in error.errors.items()
+            }
+        ) from error
     except TypeError as error:  # a value of a type the engine's checks cannot compare
         raise ValidationError(str(error)) from error
 
@@ -119,8 +115,7 @@ def launch_run(*, actor, licence: PackLicence, base_model: str, **hyperparameter
 def _enqueue(run_id: int) -> None:
     from training import tasks
 
-    result = tasks.run_training.delay(run_id)
-    TrainingRun.objects.filter(pk=run_id, task_id="").update(task_id=result.id or "")
+    tasks.run_training.delay(run_id)
 
 
 def requeue_stale_runs() -> list[int]:
@@ -144,8 +139,7 @@ def requeue_stale_runs() -> list[int]:
         if TrainingRun.objects.filter(not_yet_requeued, pk=run_id, heartbeat_at__lt=stale).update(requeued_at=now):
             from training import tasks
 
-            result = tasks.run_training.delay(run_id)
-            TrainingRun.objects.filter(pk=run_id).update(task_id=result.id or "")
+            tasks.run_training.delay(run_id)
             logger.warning("training run %s: its worker stopped renewing the lease; sent to the queue again", run_id)
             requeued.append(run_id)
     return requeued
@@ -337,7 +331,10 @@ class _Progress:
 
     def on_checkpoint(self, step: int, folder: Path) -> None:
         """Mirror the engine's checkpoint to media storage, so that a worker on another machine (whose work
-        folder is empty) resumes the run from it. The run points at the new copy before the old one goes."""
+        folder is empty) resumes the run from it. The run points at the new copy before the old one goes.
+        The final step's checkpoint is not copied: the outputs saved next supersede it."""
+        if step >= self.run.total_steps:
+            return
         archive = folder.parent / f".{folder.name}.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(folder, arcname=folder.name)
@@ -459,6 +456,8 @@ def execute_run(run_id: int) -> str:
         if progress.lease_lost:
             return Outcome.LEASE_LOST
         if result.stopped:
+            # The checkpoint's weights saw these images: their usage counts for royalties all the same.
+            _record_usage(run, result.usage)
             progress.log(f"Canceled at step {result.final_step}; the last checkpoint is kept.")
             progress.save(force=True, status=TrainingRun.Status.CANCELED, finished_at=timezone.now())
             return Outcome.CANCELED
@@ -524,7 +523,3 @@ def _write_model_card(run: TrainingRun, result) -> str:
     if default_storage.exists(target):
         default_storage.delete(target)
     return default_storage.save(target, ContentFile(text.encode()))
-
-
-def lease_recheck_seconds() -> int:
-    return settings.TRAINING_LEASE_SECONDS + 5

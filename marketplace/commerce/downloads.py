@@ -5,12 +5,11 @@ credential (so that `curl` works) but is bound to its buyer: it stops working wh
 licence is revoked, and in anyone else's logged-in session.
 """
 
-from dataclasses import dataclass
-
 from django.conf import settings
 from django.core import signing
 
 from marketplace.commerce.models import PackLicence
+from marketplace.packs import exports
 from marketplace.packs.models import PackExport
 
 SALT = "marketplace.commerce.download"
@@ -20,19 +19,13 @@ class DownloadRefused(Exception):
     """403: the message says why."""
 
 
-@dataclass(frozen=True)
-class DownloadFile:
-    path: str
-    name: str
-    size: int
-
-
 def make_token(licence: PackLicence, export: PackExport, name: str) -> str:
     payload = {"l": str(licence.pk), "b": licence.buyer_id, "e": export.pk, "f": name}
     return signing.dumps(payload, salt=SALT, compress=True)
 
 
-def resolve(token: str, user) -> DownloadFile:
+def resolve(token: str, user) -> tuple[PackExport, str]:
+    """The ready export and the name of its file that this link gives `user`, or DownloadRefused."""
     try:
         payload = signing.loads(token, salt=SALT, max_age=settings.DOWNLOAD_LINK_SECONDS)
     except signing.SignatureExpired:
@@ -47,9 +40,10 @@ def resolve(token: str, user) -> DownloadFile:
     if licence is None or not licence.is_active:
         raise DownloadRefused("The licence for this download is not active.")
     export = PackExport.objects.filter(pk=payload["e"], version_id=licence.version_id).first()
-    if export is None or export.status != PackExport.Status.READY:
+    if export is None:
         raise DownloadRefused("This download is not ready.")
-    for entry in export.files:
-        if entry["name"] == payload["f"]:
-            return DownloadFile(path=entry["path"], name=entry["name"], size=entry["bytes"])
-    raise DownloadRefused("This file is not part of the download.")
+    try:
+        entry = exports.export_file(export, payload["f"])
+    except exports.ExportFileNotFound as error:
+        raise DownloadRefused(str(error)) from None
+    return export, entry["name"]

@@ -8,8 +8,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-# The events we act on (see services.HANDLED_EVENTS); localstripe sends only what is registered.
-WEBHOOK_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "charge.refunded")
+# localstripe sends only the events registered: the ones we act on.
+from marketplace.commerce.services import HANDLED_EVENTS as WEBHOOK_EVENTS
 
 
 def start_localstripe(url: str, *, data_file: Path, cwd: Path, env: dict) -> subprocess.Popen:

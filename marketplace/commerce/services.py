@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from marketplace.commerce import signals, stripe_gateway
 from marketplace.commerce.models import Order, PackLicence, StripeEvent
+from marketplace.packs import selectors as pack_selectors
 from marketplace.packs.models import PackVersion
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,6 @@ class Checkout:
     payment_status: str
 
 
-def latest_version(version: PackVersion) -> PackVersion:
-    return PackVersion.objects.filter(pack_id=version.pack_id).order_by("-number").first()
-
-
 def active_licence(buyer, version: PackVersion) -> PackLicence | None:
     return PackLicence.objects.filter(buyer=buyer, version=version, revoked_at__isnull=True).first()
 
@@ -56,7 +53,7 @@ def check_can_buy(buyer, version: PackVersion) -> None:
         raise CheckoutRefused("Your account is not a buyer account. Turn on buying in your account settings.")
     if not version.pack.is_listed:
         raise CheckoutRefused("This pack is not for sale.")
-    latest = latest_version(version)
+    latest = pack_selectors.latest_version(version.pack)
     if latest.pk != version.pk:
         raise CheckoutRefused(f"Version {version.number} has been superseded; version {latest.number} is for sale.")
     if version.revocations.exists():
@@ -285,7 +282,9 @@ def notify_licensees_of_revocations(revocation_ids: list[int]) -> int:
     from marketplace.packs.models import Revocation
 
     revocations = list(
-        Revocation.objects.filter(pk__in=revocation_ids).select_related("version", "item", "item__creator")
+        Revocation.objects.filter(pk__in=revocation_ids).select_related(
+            "version", "version__pack", "item", "item__creator"
+        )
     )
     sent = 0
     by_version: dict[int, list] = {}

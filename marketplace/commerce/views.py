@@ -1,6 +1,5 @@
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -11,6 +10,8 @@ from marketplace.commerce import downloads as download_links
 from marketplace.commerce import selectors, services
 from marketplace.commerce.models import PackLicence
 from marketplace.commerce.stripe_gateway import PaymentProviderError
+from marketplace.packs import exports
+from marketplace.packs import selectors as pack_selectors
 from marketplace.packs.models import PackExport, PackVersion
 
 
@@ -34,7 +35,7 @@ def checkout(request, version_pk):
             {
                 "version": version,
                 "refusal": refusal,
-                "latest": services.latest_version(version),
+                "latest": pack_selectors.latest_version(version.pack),
                 "stripe_js_url": settings.STRIPE_JS_URL,
                 "stripe_publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
             },
@@ -152,13 +153,13 @@ def downloads(request, pk):
 @require_GET
 def download_file(request, token):
     try:
-        found = download_links.resolve(token, request.user)
+        export, name = download_links.resolve(token, request.user)
     except download_links.DownloadRefused as error:
         return HttpResponseForbidden(str(error), content_type="text/plain")
     try:
-        handle = default_storage.open(found.path, "rb")
+        handle = exports.open_export_file(export, name)
     except FileNotFoundError:
         raise Http404("The file is missing; staff have been told.") from None
-    response = FileResponse(handle, as_attachment=True, filename=found.name)
+    response = FileResponse(handle, as_attachment=True, filename=name)
     response["Cache-Control"] = "private, no-store"
     return response

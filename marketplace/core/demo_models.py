@@ -17,18 +17,22 @@ STAND_IN_FOLDER = "curation-demo"
 
 
 def build_demo_base_model() -> Path:
-    """The tiny SD pipeline for demo runs (built once; a few seconds)."""
+    """The tiny SD pipeline for demo runs (built once, in a few seconds; after that, nothing is imported)."""
+    folder = Path(settings.TRAINING_DEMO_BASE_MODEL)
+    if demo_base_model_ready():
+        return folder
     from diffusers.utils import logging as diffusers_logging
 
     from training.engine.tiny import build_tiny_pipeline
 
     diffusers_logging.disable_progress_bar()  # seed_demo's output stays readable
-    return build_tiny_pipeline(Path(settings.TRAINING_DEMO_BASE_MODEL))
+    return build_tiny_pipeline(folder)
 
 
 def demo_base_model_ready() -> bool:
-    folder = Path(settings.TRAINING_DEMO_BASE_MODEL)
-    return (folder / "model_index.json").is_file()
+    from training.engine.tiny import is_tiny_pipeline_built
+
+    return is_tiny_pipeline_built(Path(settings.TRAINING_DEMO_BASE_MODEL))
 
 
 def curation_model_problem() -> str | None:
@@ -48,7 +52,6 @@ def curation_stand_in() -> dict[str, str]:
     from marketplace.core.photos import PHOTOS, load_photo
     from marketplace.curation.engine.demo_model import PHOTO_CLIP, train_photo_clip
 
-    checkpoint = train_photo_clip(
-        Path(settings.VAR_DIR) / "models" / STAND_IN_FOLDER, [load_photo(name) for name in PHOTOS]
-    )
+    photos = (load_photo(name) for name in PHOTOS)  # read only when the stand-in is not trained yet
+    checkpoint = train_photo_clip(Path(settings.VAR_DIR) / "models" / STAND_IN_FOLDER, photos)
     return {"CURATION_CLIP_MODEL": PHOTO_CLIP, "CURATION_CLIP_PRETRAINED": str(checkpoint)}

@@ -96,10 +96,6 @@ class Sample:
         return self.label or f"Item {self.key}"
 
 
-def _json_bytes(data: dict) -> bytes:
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-
-
 class _Payload:
     """A sample's bytes on their way into an archive, hashed as they are copied: one read of the file.
 
@@ -314,7 +310,7 @@ def write_webdataset_shards(
         with _VerifiedReader(samples, workers, verify=verify) as payloads:
             for payload in payloads:
                 sample = payload.sample
-                metadata, caption = _json_bytes(sample.metadata), sample.caption.encode("utf-8")
+                metadata, caption = canonical_bytes(sample.metadata), sample.caption.encode("utf-8")
                 members = [
                     (sample.file_name, sample.byte_size, payload.write_to),
                     (f"{sample.key}.json", len(metadata), partial(_write_bytes, metadata)),

@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from marketplace.catalog.models import Asset
 from marketplace.core.models import WriteOnceModel
@@ -75,7 +76,7 @@ class PackVersion(FrozenModel):
     manifest = models.JSONField(help_text="Canonical manifest; its SHA-256 is manifest_sha256.")
     manifest_sha256 = models.CharField(max_length=64, unique=True)
     published_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
-    published_at = models.DateTimeField(auto_now_add=True)
+    published_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["pack", "-number"]

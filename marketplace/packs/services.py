@@ -230,7 +230,8 @@ def _read_delivery(asset: Asset) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def _items_for(assets: list[Asset]) -> list[PackItem]:
+def items_for(assets: list[Asset]) -> list[PackItem]:
+    """Unsaved PackItems for these assets, in order, each hashed from its delivery copy."""
     items = []
     for position, asset in enumerate(assets):
         sha256, byte_size = _read_delivery(asset)
@@ -291,13 +292,18 @@ def licence_terms(use: str, items: list[PackItem]) -> dict:
     }
 
 
-def _contents(pack: Pack, number: int, published_at, items: list[PackItem], assets: list[Asset]):
+def _contents(pack: Pack, number: int, items: list[PackItem], assets: list[Asset]) -> tuple[dict, dict]:
+    """The licence terms and datasheet of version `number` of the pack holding these items."""
     terms = licence_terms(pack.use, items)
     stats = datasheet.compute_stats(items, assets)
     sheet = datasheet.build_datasheet(
         title=pack.title, number=number, description=pack.description, use=pack.use, stats=stats, licence_terms=terms
     )
-    manifest = build_manifest(
+    return terms, sheet
+
+
+def _manifest(pack: Pack, *, number: int, published_at, items: list[PackItem], terms: dict, sheet: dict) -> dict:
+    return build_manifest(
         slug=pack.slug,
         title=pack.title,
         number=number,
@@ -309,7 +315,34 @@ def _contents(pack: Pack, number: int, published_at, items: list[PackItem], asse
         datasheet=sheet,
         items=items,
     )
-    return terms, sheet, manifest
+
+
+def freeze_version(
+    pack: Pack, *, number: int, published_at, items: list[PackItem], actor, terms: dict, datasheet: dict
+) -> PackVersion:
+    """Save version `number` of the pack as it is now, holding `items` (unsaved, in order: see `items_for`),
+    with these terms and datasheet and the manifest they make. Checks nothing: `publish_version` does."""
+    manifest = _manifest(pack, number=number, published_at=published_at, items=items, terms=terms, sheet=datasheet)
+    version = PackVersion.objects.create(
+        pack=pack,
+        number=number,
+        title=pack.title,
+        use=pack.use,
+        price_cents=pack.price_cents,
+        currency=pack.currency,
+        item_count=len(items),
+        creator_count=len({item.creator_id for item in items}),
+        licence_terms=terms,
+        datasheet=datasheet,
+        manifest=manifest,
+        manifest_sha256=manifest_sha256(manifest),
+        published_by=actor,
+        published_at=published_at,
+    )
+    for item in items:
+        item.version = version
+    PackItem.objects.bulk_create(items)
+    return version
 
 
 def publish_version(pack: Pack, *, actor, query_vector: np.ndarray | None = None) -> PackVersion:
@@ -329,38 +362,23 @@ def publish_version(pack: Pack, *, actor, query_vector: np.ndarray | None = None
         selection = _select(pack, query_vector)
         if not selection.assets:
             raise ValidationError("Nothing to publish: no eligible image matches this pack's query, filters and picks.")
-        items = _items_for(selection.assets)
+        items = items_for(selection.assets)
         latest = selectors.latest_version(pack)
         if latest is not None:
-            _terms, _sheet, manifest = _contents(pack, latest.number, latest.published_at, items, selection.assets)
-            if manifest_sha256(manifest) == latest.manifest_sha256:
+            terms, sheet = _contents(pack, latest.number, items, selection.assets)
+            unchanged = _manifest(
+                pack, number=latest.number, published_at=latest.published_at, items=items, terms=terms, sheet=sheet
+            )
+            if manifest_sha256(unchanged) == latest.manifest_sha256:
                 latest.is_new = False
                 return latest
 
         published_at = timezone.now().replace(microsecond=0)
         number = latest.number + 1 if latest else 1
-        terms, sheet, manifest = _contents(pack, number, published_at, items, selection.assets)
-        version = PackVersion.objects.create(
-            pack=pack,
-            number=number,
-            title=pack.title,
-            use=pack.use,
-            price_cents=pack.price_cents,
-            currency=pack.currency,
-            item_count=len(items),
-            creator_count=len({item.creator_id for item in items}),
-            licence_terms=terms,
-            datasheet=sheet,
-            manifest=manifest,
-            manifest_sha256=manifest_sha256(manifest),
-            published_by=actor,
+        terms, sheet = _contents(pack, number, items, selection.assets)
+        version = freeze_version(
+            pack, number=number, published_at=published_at, items=items, actor=actor, terms=terms, datasheet=sheet
         )
-        # auto_now_add ignores a given time; the version must carry the time its manifest states.
-        PackVersion.objects.filter(pk=version.pk).update(published_at=published_at)
-        version.published_at = published_at
-        for item in items:
-            item.version = version
-        PackItem.objects.bulk_create(items)
         ensure_exports(version)
     logger.info("published %s with %d items", version, len(items))
     version.is_new = True

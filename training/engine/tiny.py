@@ -107,6 +107,11 @@ def _build_atomically(folder: Path, marker: dict, make_pipeline) -> Path:
     return folder
 
 
+def is_tiny_pipeline_built(folder: Path) -> bool:
+    """Whether `folder` holds a complete tiny SD pipeline of the current shape (cheap: no model library import)."""
+    return _is_complete(Path(folder), COMPONENTS, TINY_VERSION, "sd")
+
+
 def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
     """Build (or reuse, when already complete) a tiny SD 1.x pipeline in `folder`; returns `folder`.
 
@@ -114,7 +119,7 @@ def build_tiny_pipeline(folder: Path, *, seed: int = 0) -> Path:
     which is then renamed into place.
     """
     folder = Path(folder)
-    if _is_complete(folder, COMPONENTS, TINY_VERSION, "sd"):
+    if is_tiny_pipeline_built(folder):
         return folder
 
     def make(tokenizer):

@@ -71,6 +71,15 @@ RESUME_FIELDS = (
 )
 
 
+class ConfigError(ValueError):
+    """Invalid TrainConfig values; `errors` maps each field to its messages (for forms and APIs)."""
+
+    def __init__(self, errors: dict[str, list[str]]):
+        self.errors = errors
+        messages = [message for field_messages in errors.values() for message in field_messages]
+        super().__init__("Invalid training configuration: " + "; ".join(messages) + ".")
+
+
 class ModelUnavailable(RuntimeError):
     """The base model (the `base_model` setting) cannot be loaded: not a local pipeline and not downloadable."""
 
@@ -103,56 +112,58 @@ class TrainConfig:
     validation_guidance: float = 7.5
 
     def __post_init__(self):
-        errors = []
+        errors: dict[str, list[str]] = {}
+
+        def fail(name: str, message: str) -> None:
+            errors.setdefault(name, []).append(f"{name} {message}")
 
         def positive_int(name, value, minimum=1):
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                errors.append(f"{name} must be a whole number >= {minimum} (got {value!r})")
+                fail(name, f"must be a whole number >= {minimum} (got {value!r})")
 
         if not isinstance(self.base_model, str | os.PathLike) or not str(self.base_model).strip():
-            errors.append("base_model must name a diffusers model id or a local directory")
+            fail("base_model", "must name a diffusers model id or a local directory")
         positive_int("rank", self.rank)
         if not _is_number(self.alpha) or self.alpha <= 0:
-            errors.append(f"alpha must be a number > 0 (got {self.alpha!r})")
+            fail("alpha", f"must be a number > 0 (got {self.alpha!r})")
         if not _is_number(self.learning_rate) or not 0 < self.learning_rate < 1:
-            errors.append(f"learning_rate must be a number between 0 and 1 (got {self.learning_rate!r})")
+            fail("learning_rate", f"must be a number between 0 and 1 (got {self.learning_rate!r})")
         if self.lr_scheduler not in LR_SCHEDULERS:
-            errors.append(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)} (got {self.lr_scheduler!r})")
+            fail("lr_scheduler", f"must be one of {', '.join(LR_SCHEDULERS)} (got {self.lr_scheduler!r})")
         positive_int("lr_warmup_steps", self.lr_warmup_steps, 0)
         positive_int("max_steps", self.max_steps)
         positive_int("batch_size", self.batch_size)
         positive_int("gradient_accumulation", self.gradient_accumulation)
         positive_int("resolution", self.resolution, 32)
         if isinstance(self.resolution, int) and self.resolution % 8:
-            errors.append(f"resolution must be a multiple of 8 (got {self.resolution!r})")
+            fail("resolution", f"must be a multiple of 8 (got {self.resolution!r})")
         positive_int("seed", self.seed, 0)
         if self.mixed_precision not in MIXED_PRECISION:
-            errors.append(f"mixed_precision must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
+            fail("mixed_precision", f"must be one of {', '.join(MIXED_PRECISION)} (got {self.mixed_precision!r})")
         if self.snr_gamma is not None and (not _is_number(self.snr_gamma) or self.snr_gamma <= 0):
-            errors.append(
-                f"snr_gamma must be a number > 0, or None to turn min-SNR weighting off (got {self.snr_gamma!r})"
-            )
+            fail("snr_gamma", f"must be a number > 0, or None to turn min-SNR weighting off (got {self.snr_gamma!r})")
         if not _is_number(self.caption_dropout) or not 0 <= self.caption_dropout < 1:
-            errors.append(
-                f"caption_dropout must be a fraction from 0 up to (not including) 1 (got {self.caption_dropout!r})"
+            fail(
+                "caption_dropout",
+                f"must be a fraction from 0 up to (not including) 1 (got {self.caption_dropout!r})",
             )
         if isinstance(self.validation_prompts, str):
             self.validation_prompts = (self.validation_prompts,)
         self.validation_prompts = tuple(self.validation_prompts)
         if not all(isinstance(prompt, str) for prompt in self.validation_prompts):
-            errors.append("validation_prompts must be a list of texts")
+            fail("validation_prompts", "must be a list of texts")
         positive_int("validation_every", self.validation_every, 0)
         positive_int("checkpoint_every", self.checkpoint_every)
         positive_int("num_validation_images", self.num_validation_images)
         positive_int("validation_steps", self.validation_steps)
         if not _is_number(self.validation_guidance) or self.validation_guidance < 0:
-            errors.append(f"validation_guidance must be a number >= 0 (got {self.validation_guidance!r})")
+            fail("validation_guidance", f"must be a number >= 0 (got {self.validation_guidance!r})")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
-            errors.append(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {self.device!r})")
+            fail("device", f"must be 'auto', 'cpu', 'cuda' or 'cuda:N' (got {self.device!r})")
         if errors:
-            raise ValueError("Invalid training configuration: " + "; ".join(errors) + ".")
+            raise ConfigError(errors)
         self.base_model = str(self.base_model)
 
 
@@ -439,10 +450,13 @@ class _Run:
         vae_id = _fingerprint(self.base_folder, "vae")
         dtype_name = str(self.cache_dtype).removeprefix("torch.")
         keys = [f"{digest}-{w}x{h}" for digest, (w, h) in zip(self.sample_hash, self.sample_bucket, strict=True)]
+        first_index = {}  # key -> a sample with that content and bucket (duplicates share one latent)
+        for index, key in enumerate(keys):
+            first_index.setdefault(key, index)
         self.latents = self._cached(
             self.cache_dir / f"latents-{vae_id}-{dtype_name}.safetensors",
             keys,
-            lambda todo: self._encode_images([keys.index(key) for key in todo]),
+            lambda todo: self._encode_images([first_index[key] for key in todo]),
             "latents",
         )
         self.latent_keys = keys
@@ -1032,4 +1046,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(descriptor)
 
 
-__all__ = ["Callbacks", "ModelUnavailable", "Sample", "TrainConfig", "TrainResult", "resolve_base_model", "train"]
+__all__ = [
+    "Callbacks",
+    "ConfigError",
+    "ModelUnavailable",
+    "Sample",
+    "TrainConfig",
+    "TrainResult",
+    "resolve_base_model",
+    "train",
+]

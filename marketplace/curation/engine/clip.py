@@ -190,7 +190,8 @@ def _schema_source(value: str, setting: str) -> _Source:
         if not os.path.isdir(folder):
             raise ModelUnavailable(f"The model folder {folder!r} named by {setting} does not exist.")
         return _Source(value)
-    _require_hub(f"Could not load {value!r}", setting)
+    repo = value.removeprefix("hf-hub:").strip("/")
+    _require_hub(f"Could not load {value!r}", setting, cached=bool(_cached_hub_file(f"{repo}/open_clip_config.json")))
     return _Source(value)
 
 
@@ -205,13 +206,6 @@ def _tag_source(spec: ModelSpec, tag: dict) -> _Source:
         }
         return _Source(spec.name, cached, {key: value for key, value in preprocess.items() if value is not None})
     url = None if tag.get("hf_hub") else tag.get("url")  # open_clip prefers the hub when a tag has both
-    from huggingface_hub import constants
-
-    if tag.get("hf_hub") and constants.HF_HUB_OFFLINE:
-        raise ModelUnavailable(
-            f"Could not load CLIP weights {spec.pretrained!r} for {spec.name}: they are not in the local cache and "
-            f"HF_HUB_OFFLINE is set. Set {PRETRAINED_SETTING} to a local checkpoint path or a local-dir: folder."
-        )
     _require_hub(f"Could not load CLIP weights {spec.pretrained!r} for {spec.name}", PRETRAINED_SETTING, url)
     return _Source(spec.name, spec.pretrained)
 
@@ -235,11 +229,18 @@ def _cached_hub_file(hf_hub: str) -> str | None:
     return None
 
 
-def _require_hub(what: str, setting: str, url: str | None = None) -> None:
+def _require_hub(what: str, setting: str, url: str | None = None, *, cached: bool = False) -> None:
+    """Raise ModelUnavailable unless weights to be fetched from the hub (or `url`) can be had: from the local
+    cache (`cached`) under HF_HUB_OFFLINE, or else over a connection that answers."""
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:
-        return  # the hub client reads its cache only, and fails fast
+    if url is None and constants.HF_HUB_OFFLINE:
+        if cached:
+            return  # the hub client reads its cache only
+        raise ModelUnavailable(
+            f"{what}: the weights are not in the local Hugging Face cache and HF_HUB_OFFLINE is set. Set {setting} "
+            "to a local checkpoint path or a local-dir: folder."
+        )
     endpoint = url or constants.ENDPOINT
     proxy = urllib.request.getproxies().get("https")
     target = urllib.parse.urlsplit(proxy or endpoint)

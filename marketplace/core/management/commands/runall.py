@@ -50,12 +50,17 @@ class Command(BaseCommand):
                 cwd=settings.BASE_DIR,
                 env=env,
             )
-            embedded.wait_until_up(settings.LOCALSTRIPE_URL)
-            embedded.register_webhook(
-                settings.LOCALSTRIPE_URL,
-                webhook_url=f"http://{addr}{reverse('commerce:stripe-webhook')}",
-                secret=settings.STRIPE_WEBHOOK_SECRET,
-            )
+            try:
+                embedded.wait_until_up(settings.LOCALSTRIPE_URL)
+                embedded.register_webhook(
+                    settings.LOCALSTRIPE_URL,
+                    webhook_url=f"http://{addr}{reverse('commerce:stripe-webhook')}",
+                    secret=settings.STRIPE_WEBHOOK_SECRET,
+                )
+            except BaseException:  # Ctrl-C or a failure before the loop below: it must not outlive us
+                children["localstripe"].terminate()
+                children["localstripe"].wait(timeout=30)
+                raise
             self.stdout.write(f"Fake Stripe (localstripe) on {settings.LOCALSTRIPE_URL}: pay with 4242 4242 4242 4242")
         for name, cmd in commands.items():
             children[name] = subprocess.Popen(cmd, cwd=settings.BASE_DIR, start_new_session=True, env=env)
