@@ -1,5 +1,6 @@
 """Run the web server and a Celery worker together; Ctrl-C stops both cleanly."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,11 +8,10 @@ import sys
 import time
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.urls import reverse
 
 from marketplace.commerce import embedded
-from marketplace.core import demo_models
 
 
 class Command(BaseCommand):
@@ -100,15 +100,21 @@ class Command(BaseCommand):
 
     def _offline_stand_ins(self, env: dict) -> None:
         """No curation weights to be had here: the demo curates with a tiny CLIP trained on its photos."""
-        problem = demo_models.curation_model_problem()
-        if problem is None:
+        self.stdout.write("Checking that the curation model can be loaded here…")
+        checked = subprocess.run(
+            [sys.executable, "manage.py", "curation_stand_in"],
+            cwd=settings.BASE_DIR, env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        if checked.returncode != 0:
+            raise CommandError(f"Checking the curation model failed:\n{checked.stderr[-3000:]}")
+        outcome = json.loads(checked.stdout.strip().splitlines()[-1])
+        if outcome["problem"] is None:
             return
-        self.stdout.write("The curation model cannot be loaded on this machine; training a tiny stand-in…")
-        env.update(demo_models.curation_stand_in())
+        env.update(outcome["env"])
         self.stdout.write(
             self.style.WARNING(
-                f"{problem}\nThe demo curates with a tiny CLIP trained on the demo photos instead: captions come "
-                "from its phrase bank and search knows only the demo photos. For real curation, set "
+                f"{outcome['problem']}\nThe demo curates with a tiny CLIP trained on the demo photos instead: "
+                "captions come from its phrase bank and search knows only the demo photos. For real curation, set "
                 "CURATION_CLIP_PRETRAINED to a local checkpoint (or give this machine access to the model hub)."
             )
         )
