@@ -5,37 +5,32 @@ broker, all under var/); production sets DATABASE_URL, CELERY_BROKER_URL, SECRET
 ALLOWED_HOSTS and the storage variables (see README).
 """
 
+import ipaddress
 import os
 from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
+from kombu import Exchange, Queue
 
-from marketplace.env import env_bool, env_float, env_int, env_list, env_str
+from marketplace import local_state
+from marketplace.env import env_bool, env_choice, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(env_str("VAR_DIR", str(BASE_DIR / "var")))
-for sub in ("", "media", "static", "cache", "celery/queue", "celery/processed", "celery/control"):
-    (VAR_DIR / sub).mkdir(parents=True, exist_ok=True)
+# Importing settings writes nothing: the entry points (manage.py, wsgi.py, the Celery worker) create
+# var/'s folders and the development secret key through marketplace.local_state.prepare().
+VAR_DIR = local_state.var_dir()
 
 DEBUG = env_bool("DEBUG", True)
-
-
-def _local_secret_key() -> str:
-    """A key kept in var/ so that a single-machine set-up needs no configuration."""
-    path = VAR_DIR / "secret_key"
-    if not path.exists():
-        path.write_text(get_random_secret_key())
-        path.chmod(0o600)
-    return path.read_text().strip()
-
 
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is false")
-    SECRET_KEY = _local_secret_key()
+    # The key kept in var/ (made by the entry points), shared by the web server and the worker. A process
+    # started before it exists gets a key of its own: sessions and signed links then last as long as it.
+    SECRET_KEY = local_state.read_secret_key() or get_random_secret_key()
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
@@ -55,6 +50,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_prometheus",
     "marketplace.core",
     "marketplace.accounts",
     "marketplace.catalog",
@@ -66,6 +62,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",  # first: times everything below
+    "marketplace.core.observability.RequestIdMiddleware",
+    # /healthz, /readyz, /metrics: before the host check and the HTTPS redirect (probes call the pod's IP).
+    "marketplace.core.middleware.OperationsEndpointsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -74,6 +74,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",  # last
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -141,7 +142,17 @@ if MEDIA_S3_BUCKET:
             "region_name": env_str("MEDIA_S3_REGION") or None,
             "default_acl": "private",
             "querystring_auth": True,
+            "signature_version": "s3v4",
             "file_overwrite": True,
+            # Keys of their own (MinIO, R2...); unset, boto3's chain applies (AWS_ACCESS_KEY_ID..., a role).
+            **(
+                {
+                    "access_key": env_str("MEDIA_S3_ACCESS_KEY_ID"),
+                    "secret_key": env_str("MEDIA_S3_SECRET_ACCESS_KEY"),
+                }
+                if env_str("MEDIA_S3_ACCESS_KEY_ID")
+                else {}
+            ),
         },
     }
 else:
@@ -149,6 +160,8 @@ else:
         "BACKEND": "marketplace.core.storage.AtomicFileSystemStorage",
         "OPTIONS": {"location": str(MEDIA_ROOT)},
     }
+# On S3, buyers' downloads and other attachments redirect to a signed URL valid this long.
+DOWNLOAD_PRESIGNED_SECONDS = env_int("DOWNLOAD_PRESIGNED_SECONDS", 300)
 STATIC_URL = "/static/"
 # In development static files come straight from the apps; production serves collectstatic's output.
 WHITENOISE_USE_FINDERS = DEBUG
@@ -200,26 +213,37 @@ PACK_SHARD_MAX_ITEMS = env_int("PACK_SHARD_MAX_ITEMS", 10_000)
 PACK_EXPORT_VERIFY = env_bool("PACK_EXPORT_VERIFY", True)
 DOWNLOAD_LINK_SECONDS = env_int("DOWNLOAD_LINK_SECONDS", 3600)  # signed per-buyer links expire
 
-# --- Payments (Stripe; localstripe on 127.0.0.1:8420 in the embedded set-up) ---------
-STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_localstripe")
-STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_localstripe")
-STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "whsec_localstripe")
-# Empty means api.stripe.com and js.stripe.com; the embedded set-up points both at localstripe.
-LOCALSTRIPE_URL = env_str("LOCALSTRIPE_URL", "" if env_str("STRIPE_SECRET_KEY") else "http://127.0.0.1:8420")
-STRIPE_API_BASE = env_str("STRIPE_API_BASE", LOCALSTRIPE_URL)
-STRIPE_JS_URL = env_str(
-    "STRIPE_JS_URL", f"{LOCALSTRIPE_URL}/js.stripe.com/v3/" if LOCALSTRIPE_URL else "https://js.stripe.com/v3/"
-)
-if not DEBUG and LOCALSTRIPE_URL and not env_str("LOCALSTRIPE_URL"):
-    # Production without keys would quietly take payments on a fake Stripe that is not there.
+# --- Payments ---------------------------------------------------------------------
+# Chosen, never inferred: "fake" is our extended localstripe at LOCALSTRIPE_URL (the embedded set-up, tests,
+# a staging site), "stripe" is Stripe itself with the platform account's keys. A site with DEBUG off must say.
+PAYMENTS_MODE = env_choice("PAYMENTS_MODE", ("fake", "stripe"), default="fake" if DEBUG else None)
+if PAYMENTS_MODE is None:
     raise ImproperlyConfigured(
-        "STRIPE_SECRET_KEY, STRIPE_PUBLISHABLE_KEY and STRIPE_WEBHOOK_SECRET must be set when DEBUG is false "
-        "(or LOCALSTRIPE_URL, for a staging site on the fake Stripe)"
+        "PAYMENTS_MODE must be set when DEBUG is false: 'stripe' (with STRIPE_SECRET_KEY, STRIPE_PUBLISHABLE_KEY "
+        "and STRIPE_WEBHOOK_SECRET) or 'fake' (the fake Stripe at LOCALSTRIPE_URL, for a staging site)"
     )
-if not LOCALSTRIPE_URL and not env_str("STRIPE_WEBHOOK_SECRET"):
-    raise ImproperlyConfigured(
-        "STRIPE_WEBHOOK_SECRET must be set with real Stripe keys (the endpoint's signing secret)"
-    )
+if PAYMENTS_MODE == "stripe":
+    _missing = [n for n in ("STRIPE_SECRET_KEY", "STRIPE_PUBLISHABLE_KEY", "STRIPE_WEBHOOK_SECRET") if not env_str(n)]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"PAYMENTS_MODE=stripe needs {', '.join(_missing)} (the webhook secret is the endpoint's signing secret)"
+        )
+    STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY")
+    STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY")
+    STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET")
+    LOCALSTRIPE_URL = ""
+    STRIPE_API_BASE = env_str("STRIPE_API_BASE")  # empty: api.stripe.com
+    STRIPE_JS_URL = env_str("STRIPE_JS_URL", "https://js.stripe.com/v3/")
+else:
+    STRIPE_SECRET_KEY = env_str("STRIPE_SECRET_KEY", "sk_test_localstripe")
+    STRIPE_PUBLISHABLE_KEY = env_str("STRIPE_PUBLISHABLE_KEY", "pk_test_localstripe")
+    STRIPE_WEBHOOK_SECRET = env_str("STRIPE_WEBHOOK_SECRET", "whsec_localstripe")
+    if STRIPE_SECRET_KEY.startswith(("sk_live_", "rk_live_")):
+        # A live key beside the fake Stripe: a set-up that believes it takes real money and does not.
+        raise ImproperlyConfigured("PAYMENTS_MODE=fake was given a live STRIPE_SECRET_KEY: set PAYMENTS_MODE=stripe")
+    LOCALSTRIPE_URL = env_str("LOCALSTRIPE_URL", "http://127.0.0.1:8420").rstrip("/")
+    STRIPE_API_BASE = LOCALSTRIPE_URL
+    STRIPE_JS_URL = f"{LOCALSTRIPE_URL}/js.stripe.com/v3/"
 # Stripe Connect Express payouts to creators: off unless the platform account has Connect.
 STRIPE_CONNECT_ENABLED = env_bool("STRIPE_CONNECT_ENABLED", False)
 
@@ -264,6 +288,7 @@ EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "marketplace@localhost")
 
 # --- Celery ---------------------------------------------------------------------
+WORKER_QUEUES = ("celery", "curation", "exports", "training")
 # "localhost" means nothing to the filesystem transport; it only keeps kombu from warning.
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://localhost//")
 if CELERY_BROKER_URL.startswith("filesystem://"):
@@ -285,8 +310,15 @@ CELERY_TASK_ACKS_LATE = True  # tasks are idempotent: a worker lost mid-task mea
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-# Training runs go to their own queue, taken by GPU workers (`celery ... -Q training`).
-CELERY_TASK_ROUTES = {"training.tasks.run_training": {"queue": "training"}}
+# One queue per kind of work, so each gets workers of its own size and machine (the GPU workers take
+# `training`): `celery worker -Q curation`. A worker started without -Q takes all of them (one machine).
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_QUEUES = [Queue(name, Exchange(name), routing_key=name) for name in WORKER_QUEUES]
+CELERY_TASK_ROUTES = {
+    "marketplace.curation.tasks.*": {"queue": "curation"},
+    "marketplace.packs.tasks.*": {"queue": "exports"},
+    "training.tasks.run_training": {"queue": "training"},
+}
 # Periodic work (run by `celery beat`; `manage.py runall` starts it inside its worker).
 CELERY_BEAT_SCHEDULE = {
     "royalties-pay-out-all": {
@@ -342,9 +374,55 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- Operations -------------------------------------------------------------------
+# /healthz: the process answers. /readyz: the database, broker, media storage and payments answer, each within
+# this many seconds (a dependency that hangs makes it 503 in about that time).
+READINESS_TIMEOUT_SECONDS = env_float("READINESS_TIMEOUT_SECONDS", 3.0)
+# /metrics (Prometheus) and readiness details go to the bearer of METRICS_TOKEN and to clients in
+# METRICS_ALLOWED_NETWORKS (CIDRs): loopback only when no token is set, no network when one is.
+# A Celery worker serves its own metrics on CELERY_METRICS_PORT (read from the environment by the worker itself).
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+try:
+    METRICS_ALLOWED_NETWORKS = [
+        str(ipaddress.ip_network(network, strict=False))
+        for network in env_list("METRICS_ALLOWED_NETWORKS", [] if METRICS_TOKEN else ["127.0.0.0/8", "::1/128"])
+    ]
+except ValueError as _error:
+    raise ImproperlyConfigured(f"METRICS_ALLOWED_NETWORKS: {_error}") from None
+# JSON lines (message, level, logger, request_id...) for log collectors; text for a developer's terminal.
+LOG_FORMAT = env_choice("LOG_FORMAT", ("text", "json"), default="text" if DEBUG else "json")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+# Errors of the web and the worker to Sentry, when a DSN is given (no personal data is sent).
+SENTRY_DSN = env_str("SENTRY_DSN")
+SENTRY_ENVIRONMENT = env_str("SENTRY_ENVIRONMENT", "development" if DEBUG else "production")
+SENTRY_RELEASE = env_str("SENTRY_RELEASE")  # empty: Sentry's own guess (SENTRY_RELEASE, the git commit)
+SENTRY_TRACES_SAMPLE_RATE = env_float("SENTRY_TRACES_SAMPLE_RATE", 0.0)
+if SENTRY_DSN:
+    from marketplace.core.observability import init_sentry
+
+    init_sentry(
+        dsn=SENTRY_DSN,
+        environment=SENTRY_ENVIRONMENT,
+        release=SENTRY_RELEASE,
+        traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE,
+    )
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "filters": {"request_id": {"()": "marketplace.core.observability.RequestIdFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(processName)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": ["asctime", "levelname", "name", "message", "request_id", "process"],
+            "rename_fields": {"asctime": "time", "levelname": "level"},
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["request_id"]},
+    },
+    # Django's own console handler would print django.* records a second time, unformatted.
+    "loggers": {"django": {"handlers": [], "level": "INFO", "propagate": True}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
 }

@@ -1,13 +1,20 @@
 import io
+import os
 import uuid
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from marketplace import celery_app
+from marketplace import celery_app, local_state
 from marketplace.accounts.services import register_user
 from marketplace.core.photos import load_photo
+
+# The production smoke test starts its own processes and services: `make smoke` runs it (CI too).
+collect_ignore = [] if os.environ.get("MARKETPLACE_SMOKE") == "1" else ["smoke"]
+
+# What manage.py does before it runs: the test database and the filesystem broker live under var/.
+local_state.prepare()
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -263,3 +270,25 @@ def tiny_base(demo_base_model_folder) -> Path:
 def demo_base_model_setting(settings, demo_base_model_folder):
     """seed_demo builds the demo run's tiny Stable Diffusion here (once per test run), not in the repo's var/."""
     settings.TRAINING_DEMO_BASE_MODEL = demo_base_model_folder
+
+
+def pytest_unconfigure(config):
+    """Skipped browser tests are easy to miss among the dots: the run's last line says so, and how to fix it
+    (after pytest's own summary, which its terminal reporter writes when the session finishes)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    reasons = [
+        report.longrepr[2]
+        for report in reporter.stats.get("skipped", [])
+        if isinstance(report.longrepr, tuple) and "browser tests skipped" in report.longrepr[2]
+    ]
+    if reasons:
+        why = reasons[0].split("browser tests skipped: ", 1)[-1].split(" (set REQUIRE_BROWSER", 1)[0]
+        reporter.write_sep(
+            "!",
+            f"{len(reasons)} BROWSER TESTS WERE SKIPPED ({why}). To run them, install Debian's Chromium "
+            "(`sudo apt-get install -y chromium`) and run `make test` again",
+            red=True,
+            bold=True,
+        )

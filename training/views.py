@@ -11,6 +11,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from marketplace.commerce.models import PackLicence
+from marketplace.core.storage import download_redirect
 from marketplace.packs.models import Pack
 from training import presets, selectors, services
 from training.forms import LaunchForm
@@ -174,6 +175,8 @@ def run_file(request, pk, kind, index=None):
             raise Http404("This file is not ready.")
     else:
         raise Http404("No such file.")
+    if as_attachment and (redirect_response := download_redirect(default_storage, name, filename=download)):
+        return redirect_response  # S3: the weights come straight from the bucket
     response = FileResponse(
         default_storage.open(name, "rb"),
         content_type=mimetypes.guess_type(download)[0] or "application/octet-stream",

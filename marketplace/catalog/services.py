@@ -17,6 +17,7 @@ from django.utils import timezone
 from marketplace.catalog import imagemeta, imaging, licences, signals
 from marketplace.catalog.models import Asset, AssetEvent, Tag
 from marketplace.catalog.validation import UploadRejected, check_size, inspect_image, inspect_release
+from marketplace.core import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -138,6 +139,7 @@ def upload_asset(*, owner, uploaded_file, metadata: dict | None = None, releases
             if metadata or releases:
                 _apply_metadata(asset, actor=owner, changes=metadata or {}, releases=releases or {}, saved=saved)
             transaction.on_commit(partial(tasks.prepare_asset.delay, asset.pk))
+            transaction.on_commit(metrics.record_upload)
     except IntegrityError:
         # Two uploads of the same file raced: the unique constraint let only one in.
         existing = Asset.objects.filter(owner=owner, sha256=inspected.sha256).first()

@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 
 from marketplace.catalog import licences, selectors, services
 from marketplace.catalog.forms import AssetMetadataForm
+from marketplace.core.storage import download_redirect
 
 # URL name of each downloadable file -> (model field, sent as attachment)
 FILE_KINDS = {
@@ -128,11 +129,15 @@ def asset_file(request, pk, kind):
         raise Http404("This file is not ready.")
     content_type = mimetypes.guess_type(stored.name)[0] or "application/octet-stream"
     extension = stored.name.rsplit(".", 1)[-1]
+    filename = f"asset-{asset.pk}-{kind}.{extension}"
+    # S3: a download comes straight from the bucket; images shown in pages stay here (CSP img-src 'self').
+    if as_attachment and (redirect_response := download_redirect(default_storage, stored.name, filename=filename)):
+        return redirect_response
     response = FileResponse(
         default_storage.open(stored.name, "rb"),
         content_type=content_type,
         as_attachment=as_attachment,
-        filename=f"asset-{asset.pk}-{kind}.{extension}",
+        filename=filename,
     )
     response["Cache-Control"] = "private, max-age=3600"
     # A file is data, never a page: no scripts, no plugins, even if a browser guessed wrong.

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from marketplace.commerce import signals, stripe_gateway
 from marketplace.commerce.models import Order, PackLicence, StripeEvent
+from marketplace.core import metrics
 from marketplace.packs import selectors as pack_selectors
 from marketplace.packs.models import PackVersion
 
@@ -222,6 +223,7 @@ def _payment_succeeded(order: Order, intent: dict, facts: dict) -> str:
 
     royalties.record_sale(order)
     transaction.on_commit(lambda: _send_licence_email(licence.pk))
+    transaction.on_commit(partial(metrics.record_sale, order.currency, order.amount_cents))
     return f"fulfilled: licence {licence.pk}"
 
 

@@ -1,5 +1,6 @@
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.files.storage import default_storage
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseForbidden, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -10,6 +11,7 @@ from marketplace.commerce import downloads as download_links
 from marketplace.commerce import selectors, services
 from marketplace.commerce.models import PackLicence
 from marketplace.commerce.stripe_gateway import PaymentProviderError
+from marketplace.core.storage import download_redirect
 from marketplace.packs import exports
 from marketplace.packs import selectors as pack_selectors
 from marketplace.packs.models import PackExport, PackVersion
@@ -157,6 +159,10 @@ def download_file(request, token):
     except download_links.DownloadRefused as error:
         return HttpResponseForbidden(str(error), content_type="text/plain")
     try:
+        # Object storage (S3): a short-lived signed URL, so that the bytes do not pass through Django.
+        redirect_response = download_redirect(default_storage, exports.export_file(export, name)["path"], filename=name)
+        if redirect_response is not None:
+            return redirect_response
         handle = exports.open_export_file(export, name)
     except FileNotFoundError:
         raise Http404("The file is missing; staff have been told.") from None

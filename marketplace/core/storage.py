@@ -1,7 +1,10 @@
 import os
 import tempfile
 
-from django.core.files.storage import FileSystemStorage
+from django.conf import settings
+from django.core.files.storage import FileSystemStorage, Storage
+from django.http import HttpResponseRedirect
+from django.utils.http import content_disposition_header
 
 
 class AtomicFileSystemStorage(FileSystemStorage):
@@ -50,3 +53,45 @@ class AtomicFileSystemStorage(FileSystemStorage):
         if self.overwrite:
             return name
         return super().get_available_name(name, max_length)
+
+
+def local_path_or_none(storage: Storage, name: str) -> str | None:
+    """The file's path on this machine's disk, or None when storage keeps it elsewhere (S3: no path())."""
+    try:
+        return storage.path(name)
+    except NotImplementedError:
+        return None
+
+
+def presigned_url(storage: Storage, name: str, *, filename: str, seconds: int) -> str | None:
+    """A URL that downloads the file straight from object storage as an attachment named `filename`, valid
+    for `seconds`; None where storage has no such URL (local disk, or S3 without signed URLs), and the
+    caller streams the file through Django instead. Check permissions before asking for one."""
+    if local_path_or_none(storage, name) is not None:
+        return None
+    from storages.backends.s3 import S3Storage  # here: boto3 loads only where media are on S3
+
+    if not isinstance(storage, S3Storage) or not storage.querystring_auth or storage.custom_domain:
+        return None  # unsigned or CDN URLs would be public, or ignore the attachment name
+    return storage.url(
+        name,
+        parameters={
+            "ResponseContentDisposition": content_disposition_header(True, filename),
+            "ResponseCacheControl": "private, no-store",
+        },
+        expire=seconds,
+    )
+
+
+def download_redirect(storage: Storage, name: str, *, filename: str) -> HttpResponseRedirect | None:
+    """Where storage is S3: a redirect to a signed URL valid DOWNLOAD_PRESIGNED_SECONDS that downloads the
+    file as an attachment named `filename`; None on local disk (stream the file through Django instead).
+    FileNotFoundError if the object is missing. Check permissions before calling."""
+    url = presigned_url(storage, name, filename=filename, seconds=settings.DOWNLOAD_PRESIGNED_SECONDS)
+    if url is None:
+        return None
+    if not storage.exists(name):
+        raise FileNotFoundError(name)
+    response = HttpResponseRedirect(url)
+    response["Cache-Control"] = "private, no-store"  # the redirect lives no longer than its signature
+    return response

@@ -40,6 +40,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from marketplace.core.storage import local_path_or_none
 from marketplace.packs.datasheet import render_markdown
 from marketplace.packs.manifest import canonical_bytes
 from marketplace.packs.models import PackExport, PackItem, PackVersion
@@ -575,10 +576,8 @@ def _items(version: PackVersion):
 
 
 def _sample(item: PackItem, version: PackVersion) -> Sample:
-    try:
-        source = default_storage.path(item.file_name)  # local storage: mapped and hashed in parallel
-    except NotImplementedError:
-        source = partial(default_storage.open, item.file_name, "rb")
+    # Local storage: mapped and hashed in parallel; any other (S3): streamed through the hash.
+    source = local_path_or_none(default_storage, item.file_name) or partial(default_storage.open, item.file_name, "rb")
     metadata = {
         "key": item.key,
         "asset_id": item.asset_id,

@@ -27,7 +27,7 @@ class Command(BaseCommand):
             "web": [python, "manage.py", "runserver", addr, "--noreload"],
             "worker": [
                 python, "-m", "celery", "-A", "marketplace", "worker",
-                "--loglevel=INFO", f"--concurrency={concurrency}", "--queues=celery,training",
+                "--loglevel=INFO", f"--concurrency={concurrency}", f"--queues={','.join(settings.WORKER_QUEUES)}",
                 # One machine: this worker also runs the periodic tasks (payouts).
                 "--beat", f"--schedule={settings.VAR_DIR / 'celerybeat-schedule'}",
             ],
@@ -42,8 +42,8 @@ class Command(BaseCommand):
             self._offline_stand_ins(env)
         # Children get their own session: this process alone decides how they stop.
         children = {}
-        if settings.LOCALSTRIPE_URL:
-            # No Stripe keys configured: payments go to localstripe, a fake Stripe on this machine.
+        if settings.PAYMENTS_MODE == "fake":
+            # Payments go to localstripe, a fake Stripe on this machine.
             children["localstripe"] = embedded.start_localstripe(
                 settings.LOCALSTRIPE_URL,
                 data_file=settings.VAR_DIR / "localstripe.pickle",
