@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from csp import constants as csp_constants
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management.utils import get_random_secret_key
 from kombu import Exchange, Queue
@@ -51,6 +52,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_prometheus",
+    "axes",
+    "csp",
     "marketplace.core",
     "marketplace.accounts",
     "marketplace.catalog",
@@ -70,16 +73,22 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "marketplace.core.middleware.NulInQueryMiddleware",  # %00 in a query string: a 400, not a database error
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "marketplace.core.csp.ContentSecurityPolicyMiddleware",
+    # After everything that can log in: turns a lock-out noticed during the request into its answer.
+    "axes.middleware.AxesMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",  # last
 ]
 
 ROOT_URLCONF = "marketplace.urls"
 WSGI_APPLICATION = "marketplace.wsgi.application"
 AUTH_USER_MODEL = "accounts.User"
+# django-axes first: it refuses a locked-out log-in before any password is checked (see accounts/lockout.py).
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "core:home"
 LOGOUT_REDIRECT_URL = "core:home"
@@ -211,7 +220,10 @@ PACK_SHARD_MAX_ITEMS = env_int("PACK_SHARD_MAX_ITEMS", 10_000)
 # Exports hash every image against its published SHA-256 while copying it. Off: only sizes are checked
 # and the kernel copies the bytes (faster; for storage trusted to keep files intact).
 PACK_EXPORT_VERIFY = env_bool("PACK_EXPORT_VERIFY", True)
-DOWNLOAD_LINK_SECONDS = env_int("DOWNLOAD_LINK_SECONDS", 3600)  # signed per-buyer links expire
+# A signed download link is a bearer credential (scripts use it without a session), so it is short-lived: long
+# enough to click through a downloads page, short enough that a leaked link (chat, history, proxy logs) soon
+# dies. It is checked when a download starts, so a long download is not cut; scripts ask the API for fresh links.
+DOWNLOAD_LINK_SECONDS = env_int("DOWNLOAD_LINK_SECONDS", 900)
 
 # --- Payments ---------------------------------------------------------------------
 # Chosen, never inferred: "fake" is our extended localstripe at LOCALSTRIPE_URL (the embedded set-up, tests,
@@ -267,8 +279,28 @@ TRAINING_DEMO_BASE_MODEL = Path(env_str("TRAINING_DEMO_BASE_MODEL", str(VAR_DIR 
 DEMO_OFFLINE_MODELS = env_bool("DEMO_OFFLINE_MODELS", False)
 
 # --- Accounts -------------------------------------------------------------------
+# Failed log-ins are counted by django-axes in the database (shared by every web process) per account and
+# address, per address, and per account; marketplace/accounts/lockout.py says how each is limited and why.
 LOGIN_MAX_FAILURES = env_int("LOGIN_MAX_FAILURES", 5)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900)
+# How many reverse proxies of ours (load balancer, nginx...) each request passes; each must append the address it
+# received from to X-Forwarded-For. 0 (the default): the header is ignored, the connecting address is the client's.
+TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 0)
+if TRUSTED_PROXY_COUNT < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXY_COUNT must be 0 or more")
+AXES_HANDLER = "marketplace.accounts.lockout.LockoutHandler"
+AXES_FAILURE_LIMIT = "marketplace.accounts.lockout.failure_limit"  # LOGIN_MAX_FAILURES, read at each attempt
+AXES_COOLOFF_TIME = "marketplace.accounts.lockout.cool_off"  # LOGIN_LOCKOUT_SECONDS
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], ["ip_address"], ["username"]]
+AXES_CLIENT_IP_CALLABLE = "marketplace.accounts.lockout.client_address"
+AXES_USERNAME_CALLABLE = "marketplace.accounts.lockout.normalised_username"
+AXES_LOCKOUT_CALLABLE = "marketplace.accounts.lockout.lockout_response"
+AXES_RESET_ON_SUCCESS = True
+# A locked account's lock is not prolonged by more failures: it ends LOGIN_LOCKOUT_SECONDS after it began.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_HTTP_RESPONSE_CODE = 429
+# Sign-up confirmation links (mailed; the account is made when its link is followed) last this long.
+SIGNUP_CONFIRM_SECONDS = env_int("SIGNUP_CONFIRM_SECONDS", 3 * 24 * 3600)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -340,9 +372,11 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "marketplace.core.pagination.StrictPageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "marketplace.core.api_schema.AutoSchema",  # adds the one error shape
+    # The services' PermissionDenied and ValidationError answered with their reasons, in that shape.
+    "EXCEPTION_HANDLER": "marketplace.core.api_errors.api_exception_handler",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Creator Dataset Marketplace API",
@@ -359,6 +393,42 @@ SPECTACULAR_SETTINGS = {
 # --- Security ---------------------------------------------------------------------
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
+
+
+def _origin(url: str) -> str:
+    """scheme://host[:port] of a URL: what a Content-Security-Policy source names."""
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}" if rest else ""
+
+
+# Every page: scripts only from us and the payments provider, inline ones only with the response's nonce
+# (request.csp_nonce in a template); nothing may frame us, post our forms elsewhere or change the base URL.
+# marketplace/core/csp.py adds the payments origins (from the STRIPE_* settings) at each response.
+# Files served to users (thumbnails, originals, exports) keep their own stricter sandboxing policy.
+# Images in pages may redirect to a presigned URL of the media bucket.
+if not MEDIA_S3_BUCKET:
+    _MEDIA_ORIGINS = []
+elif env_str("MEDIA_S3_ENDPOINT_URL"):
+    _MEDIA_ORIGINS = [_origin(env_str("MEDIA_S3_ENDPOINT_URL"))]  # path-style: endpoint/bucket/key
+else:
+    _region = env_str("MEDIA_S3_REGION")
+    _MEDIA_ORIGINS = [f"https://{MEDIA_S3_BUCKET}.s3.amazonaws.com"] + (
+        [f"https://{MEDIA_S3_BUCKET}.s3.{_region}.amazonaws.com"] if _region else []
+    )
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp_constants.SELF],
+        "script-src": [csp_constants.SELF, csp_constants.NONCE],
+        "style-src": [csp_constants.SELF, csp_constants.NONCE],
+        "img-src": [csp_constants.SELF, "data:", *_MEDIA_ORIGINS],
+        "connect-src": [csp_constants.SELF],
+        "frame-src": [csp_constants.NONE],
+        "object-src": [csp_constants.NONE],
+        "base-uri": [csp_constants.SELF],
+        "frame-ancestors": [csp_constants.NONE],
+        "form-action": [csp_constants.SELF],
+    },
+}
 if env_bool("SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 if not DEBUG:

@@ -19,3 +19,9 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("admin/", admin.site.urls),
 ]
+
+# Under /api/, Django's own errors (no such URL, an unreadable request) are JSON like the API's.
+handler400 = "marketplace.core.api_errors.bad_request"
+handler403 = "marketplace.core.api_errors.permission_denied"
+handler404 = "marketplace.core.api_errors.page_not_found"
+handler500 = "marketplace.core.api_errors.server_error"

@@ -90,3 +90,23 @@ class LocalStripe:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def paid_licence(version, buyer):
+    """What a paid Stripe event leaves behind: a paid order and its licence (the payment flow itself is
+    tests/test_commerce.py's)."""
+    from django.utils import timezone
+
+    from marketplace.commerce.models import Order, PackLicence
+
+    order = Order.objects.create(
+        buyer=buyer,
+        version=version,
+        amount_cents=version.price_cents,
+        currency="usd",
+        status=Order.Status.PAID,
+        paid_at=timezone.now(),
+    )
+    return PackLicence.objects.create(
+        order=order, buyer=buyer, version=version, terms=version.licence_terms, manifest_sha256=version.manifest_sha256
+    )

@@ -108,8 +108,16 @@ def page(browser, request):
     errors: list[str] = []
     tab.on("pageerror", lambda error: errors.append(str(error)))
     tab.js_errors = errors
+    # Chromium reports what the pages' Content-Security-Policy blocked on the console: every browser test also
+    # checks that the site works within its policy. A test that provokes a violation on purpose clears the list.
+    violations: list[str] = []
+    tab.on("console", lambda message: "Content Security Policy" in message.text and violations.append(message.text))
+    tab.csp_violations = violations
     yield tab
     reports = request.node.stash.get(_REPORTS, {})
+    if violations and not any(report.failed for report in reports.values()):
+        context.close()
+        pytest.fail("the page's Content-Security-Policy blocked:\n" + "\n".join(violations), pytrace=False)
     if any(report.failed for report in reports.values()):
         ARTIFACTS.mkdir(exist_ok=True)
         name = re.sub(r"[^\w.-]+", "_", request.node.name)

@@ -579,7 +579,7 @@ def test_staff_see_each_downloads_state_and_build_a_failed_one_again(
     rebuild = reverse("packs:staff-export-rebuild", args=[version.pack_id, webdataset.pk])
 
     client.force_login(carol)
-    assert client.post(rebuild).status_code == 302 and not PackExport.objects.filter(status="ready").exists()
+    assert client.post(rebuild).status_code == 403 and not PackExport.objects.filter(status="ready").exists()
 
     client.force_login(staff)
     page = client.get(reverse("packs:staff-edit", args=[version.pack_id])).content.decode()

@@ -23,10 +23,11 @@ from rest_framework.test import APIClient
 
 from marketplace.catalog.models import Asset
 from marketplace.commerce import downloads
-from marketplace.commerce.models import Order, PackLicence
+from marketplace.commerce.models import PackLicence
 from marketplace.core.storage import AtomicFileSystemStorage, local_path_or_none, presigned_url
 from marketplace.packs import services as packs
 from marketplace.packs.models import PackExport, PackItem
+from tests.commerce_helpers import paid_licence
 from tests.conftest import photo_bytes
 
 pytest_plugins = ["tests.s3_helpers"]  # the moto_server and s3_media fixtures
@@ -80,20 +81,6 @@ def published(s3_media, make_eligible_asset, alice, bob, staff, django_capture_o
     for export in version.exports.all():
         assert export.status == PackExport.Status.READY, export.error
     return version
-
-
-def paid_licence(version, buyer) -> PackLicence:
-    order = Order.objects.create(
-        buyer=buyer,
-        version=version,
-        amount_cents=version.price_cents,
-        currency="usd",
-        status=Order.Status.PAID,
-        paid_at=timezone.now(),
-    )
-    return PackLicence.objects.create(
-        order=order, buyer=buyer, version=version, terms=version.licence_terms, manifest_sha256=version.manifest_sha256
-    )
 
 
 @pytest.fixture(autouse=True)

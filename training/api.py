@@ -1,8 +1,7 @@
 """REST API for training runs: staff launch and cancel; staff and the licence holder read runs and outputs."""
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -10,6 +9,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from marketplace.commerce.models import PackLicence
+from marketplace.core.ids import IdLookupMixin
 from training import presets, selectors, services
 from training.models import TrainingRun
 from training.views import OUTPUT_FILES
@@ -57,6 +57,19 @@ class LaunchSerializer(serializers.Serializer):
         required=False, help_text="TrainConfig fields; they override the preset's; omitted ones default."
     )
 
+    def validate_hyperparameters(self, value):
+        # Stored as JSON in the database: PostgreSQL's jsonb refuses a NUL character (a 500 rather than an answer).
+        def holds_nul(item) -> bool:
+            if isinstance(item, str):
+                return "\x00" in item
+            if isinstance(item, dict):
+                return any(holds_nul(key) or holds_nul(inner) for key, inner in item.items())
+            return isinstance(item, list) and any(holds_nul(inner) for inner in item)
+
+        if holds_nul(value):
+            raise serializers.ValidationError("Hyperparameters may not hold a NUL character.")
+        return value
+
     def validate(self, data):
         preset = None
         if data.get("preset"):
@@ -74,7 +87,18 @@ class LaunchSerializer(serializers.Serializer):
         return data
 
 
-class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+class LaunchSchema(OpenApiSerializerExtension):
+    """The launch body needs a preset or a base model (or both): the schema says so, not only the prose."""
+
+    target_class = LaunchSerializer
+
+    def map_serializer(self, auto_schema, direction):
+        schema = auto_schema._map_basic_serializer(self.target, direction)
+        schema["anyOf"] = [{"required": ["preset"]}, {"required": ["base_model"]}]
+        return schema
+
+
+class TrainingRunViewSet(IdLookupMixin, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     """Staff see every run; a buyer sees the runs of their own licences. Only staff launch or cancel."""
 
     serializer_class = TrainingRunSerializer
@@ -94,24 +118,16 @@ class TrainingRunViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet)
         launch = LaunchSerializer(data=request.data)
         launch.is_valid(raise_exception=True)
         licence = PackLicence.objects.filter(pk=launch.validated_data["licence"]).first()
-        try:
-            run = services.launch_run(
-                actor=request.user,
-                licence=licence,
-                base_model=launch.validated_data["base_model"],
-                **launch.validated_data["hyperparameters"],
-            )
-        except DjangoValidationError as error:
-            detail = error.message_dict if hasattr(error, "error_dict") else {"non_field_errors": error.messages}
-            return Response(detail, status=status.HTTP_400_BAD_REQUEST)
+        run = services.launch_run(
+            actor=request.user,
+            licence=licence,
+            base_model=launch.validated_data["base_model"],
+            **launch.validated_data["hyperparameters"],
+        )
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=TrainingRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        run = self.get_object()
-        try:
-            run = services.cancel_run(run, actor=request.user)
-        except DjangoPermissionDenied as error:
-            raise PermissionDenied(str(error)) from error
+        run = services.cancel_run(self.get_object(), actor=request.user)
         return Response(self.get_serializer(run).data)

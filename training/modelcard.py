@@ -1,10 +1,12 @@
-"""The model card of a finished run: what was trained, on what data, under which licence (Markdown)."""
+"""The model card of a finished run: what was trained, on what data, under which licence (Markdown).
+
+Every value that people typed (titles, names, prompts, the base model) goes in through
+`marketplace.core.markdown`, so that the card shows it as text and nothing of it is rendered as HTML or
+Markdown of its own."""
 
 from __future__ import annotations
 
-
-def _cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+from marketplace.core.markdown import md_code, md_text
 
 
 def render_model_card(run, *, final_step: int, usage_rows: list[dict], creators: list[dict]) -> str:
@@ -13,13 +15,13 @@ def render_model_card(run, *, final_step: int, usage_rows: list[dict], creators:
     version = licence.version
     terms = licence.terms or {}
     lines = [
-        f"# LoRA fine-tune: {version.title} v{version.number}",
+        f"# LoRA fine-tune: {md_text(version.title)} v{version.number}",
         "",
         f"Training run {run.pk}, finished at step {final_step} of {run.total_steps}.",
         "",
         "## Base model",
         "",
-        f"- Base model: `{run.base_model}`",
+        f"- Base model: {md_code(run.base_model)}",
         "- Method: LoRA on the UNet" + (" and the text encoder" if run.config.get("train_text_encoder") else ""),
         "- Weights: `pytorch_lora_weights.safetensors` (load with diffusers' `pipe.load_lora_weights()`)",
         "",
@@ -33,26 +35,27 @@ def render_model_card(run, *, final_step: int, usage_rows: list[dict], creators:
             continue
         if isinstance(value, list):
             value = "; ".join(str(v) for v in value) or "(captions of the data)"
-        lines.append(f"| {_cell(name)} | {_cell(value)} |")
+        lines.append(f"| {md_text(name)} | {md_text(value)} |")
     lines += [
         "",
         "## Training data",
         "",
-        f"- Pack version: {version.pack.title} v{version.number} (`{version.pack.slug}`), {version.item_count} images "
+        f"- Pack version: {md_text(version.pack.title)} v{version.number} ({md_code(version.pack.slug)}), "
+        f"{version.item_count} images "
         f"by {version.creator_count} creators",
         f"- Manifest SHA-256: `{version.manifest_sha256}`",
         "",
         "## Licence",
         "",
-        f"- Licence id: `{licence.pk}` (granted {licence.granted_at:%Y-%m-%d}) to {licence.buyer.username}",
+        f"- Licence id: `{licence.pk}` (granted {licence.granted_at:%Y-%m-%d}) to {md_text(licence.buyer.username)}",
     ]
     if terms.get("use_label") or terms.get("use"):
-        lines.append(f"- Use: {terms.get('use_label') or terms.get('use')}")
+        lines.append(f"- Use: {md_text(terms.get('use_label') or terms.get('use'))}")
     if terms.get("summary"):
-        lines.append(f"- Terms: {terms['summary']}")
+        lines.append(f"- Terms: {md_text(terms['summary'])}")
     for entry in terms.get("licences", []):
         if isinstance(entry, dict):
-            lines.append(f"- Image licence: {entry.get('name') or entry.get('code') or entry}")
+            lines.append(f"- Image licence: {md_text(entry.get('name') or entry.get('code') or entry)}")
     lines += [
         "",
         "## Data lineage: assets used per creator",
@@ -61,7 +64,7 @@ def render_model_card(run, *, final_step: int, usage_rows: list[dict], creators:
         "| --- | ---: | ---: |",
     ]
     for row in creators:
-        lines.append(f"| {_cell(row['creator'])} | {row['assets']} | {row['times_seen']} |")
+        lines.append(f"| {md_text(row['creator'])} | {row['assets']} | {row['times_seen']} |")
     lines += [
         "",
         "## Usage attribution (per asset)",
@@ -71,11 +74,13 @@ def render_model_card(run, *, final_step: int, usage_rows: list[dict], creators:
     ]
     for row in usage_rows:
         lines.append(
-            f"| {row['key']} | {row['asset_id']} | {_cell(row['title'])} | {_cell(row['creator'])} "
+            f"| {md_text(row['key'])} | {row['asset_id']} | {md_text(row['title'])} | {md_text(row['creator'])} "
             f"| {row['times_seen']} |"
         )
     attribution = terms.get("attribution") or []
     if attribution:
         lines += ["", "## Attribution required by the image licences", ""]
-        lines += [f"- “{_cell(a.get('title', ''))}” by {_cell(a.get('name') or a.get('creator'))}" for a in attribution]
+        lines += [
+            f"- “{md_text(a.get('title', ''))}” by {md_text(a.get('name') or a.get('creator'))}" for a in attribution
+        ]
     return "\n".join(lines) + "\n"

@@ -6,9 +6,9 @@ app_name = "training"
 urlpatterns = [
     path("training/runs/", views.run_list, name="list"),
     path("training/runs/new/", views.launch, name="launch"),
-    path("training/runs/<int:pk>/", views.run_detail, name="detail"),
-    path("training/runs/<int:pk>/status/", views.run_status, name="status"),
-    path("training/runs/<int:pk>/cancel/", views.cancel, name="cancel"),
-    path("training/runs/<int:pk>/files/<str:kind>/", views.run_file, name="file"),
-    path("training/runs/<int:pk>/files/<str:kind>/<int:index>/", views.run_file, name="sample"),
+    path("training/runs/<id:pk>/", views.run_detail, name="detail"),
+    path("training/runs/<id:pk>/status/", views.run_status, name="status"),
+    path("training/runs/<id:pk>/cancel/", views.cancel, name="cancel"),
+    path("training/runs/<id:pk>/files/<str:kind>/", views.run_file, name="file"),
+    path("training/runs/<id:pk>/files/<str:kind>/<int:index>/", views.run_file, name="sample"),
 ]

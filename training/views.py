@@ -1,7 +1,6 @@
 import mimetypes
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
@@ -11,6 +10,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from marketplace.commerce.models import PackLicence
+from marketplace.core.decorators import staff_required
 from marketplace.core.storage import download_redirect
 from marketplace.packs.models import Pack
 from training import presets, selectors, services
@@ -42,7 +42,7 @@ def run_list(request):
     )
 
 
-@staff_member_required
+@staff_required
 @require_http_methods(["GET", "POST"])
 def launch(request):
     if request.method == "POST":
@@ -150,7 +150,7 @@ def run_status(request, pk):
     return JsonResponse(_status(selectors.run_for(request.user, pk)))
 
 
-@staff_member_required
+@staff_required
 @require_POST
 def cancel(request, pk):
     run = selectors.run_for(request.user, pk)

@@ -1,3 +1,4 @@
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -5,7 +6,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from marketplace.accounts import ratelimit
+from marketplace.accounts import lockout
 
 
 class TokenResponseSerializer(serializers.Serializer):
@@ -19,15 +20,21 @@ class ObtainTokenView(APIView):
     authentication_classes = []
     serializer_class = AuthTokenSerializer
 
+    @extend_schema(
+        request=AuthTokenSerializer,
+        responses={
+            200: TokenResponseSerializer,
+            429: OpenApiResponse(description="Too many failed attempts: wait, as `detail` says."),
+        },
+    )
     def post(self, request):
-        username = str(request.data.get("username", ""))
-        address = ratelimit.client_address(request)
-        if ratelimit.is_locked_out(username, address):
-            return Response({"detail": ratelimit.lockout_message()}, status=status.HTTP_429_TOO_MANY_REQUESTS)
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
         if not serializer.is_valid():
-            ratelimit.record_failure(username, address)
+            # django-axes (accounts/lockout.py) counted the failure, or refused the attempt before the password.
+            if lockout.is_locked_out(request):
+                return Response({"detail": lockout.lockout_message()}, status=status.HTTP_429_TOO_MANY_REQUESTS)
             return Response(serializer.errors, status=status.HTTP_400_BAD_REQUEST)
-        ratelimit.record_success(username, address)
-        token, _ = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        user = serializer.validated_data["user"]
+        lockout.record_success(request, user)
+        token, _ = Token.objects.get_or_create(user=user)
         return Response({"token": token.key})

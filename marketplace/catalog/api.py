@@ -1,23 +1,24 @@
 """REST API for creators' images: thin views over services and selectors."""
 
-from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, parsers, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from marketplace.catalog import licences, selectors, services
 from marketplace.catalog.models import Asset
+from marketplace.catalog.parsers import UploadParser
 from marketplace.catalog.validation import UploadRejected
+from marketplace.core.ids import IdListField, IdLookupMixin
 
 FILE_KINDS = ("thumbnail", "preview", "delivery", "original")
 
 
 class AssetSerializer(serializers.ModelSerializer):
     display_status = serializers.CharField(read_only=True)
+    # Declared, not inferred from the model: an image may have no licence yet, and the schema must allow "".
+    licence = serializers.ChoiceField(choices=licences.CHOICES, allow_blank=True, read_only=True)
     tags = serializers.ListField(child=serializers.CharField(), source="tag_names", read_only=True)
     licence_name = serializers.SerializerMethodField()
     rights_override_confirmed = serializers.SerializerMethodField()
@@ -36,8 +37,8 @@ class AssetSerializer(serializers.ModelSerializer):
             "licence_name", "ai_training_consent", "consent_given_at", "rights_override_confirmed",
             "people_identifiable", "has_model_release", "has_property_release", "embedded_creator",
             "embedded_copyright", "embedded_data_mining", "embedded_prohibits_ai_training", "camera_make",
-            "camera_model", "lens_model", "captured_at", "location_removed", "withdrawn_at", "created_at",
-            "processed_at", "page_url", "files", "holds",
+            "camera_model", "lens_model", "captured_at", "location_removed", "withdrawn_at", "taken_down_at",
+            "takedown_reason", "created_at", "processed_at", "page_url", "files", "holds",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -110,20 +111,32 @@ class UploadSerializer(MetadataSerializer):
     file = serializers.FileField(help_text="A JPEG, PNG or WebP image.", allow_empty_file=True)
 
 
+class TakedownSerializer(serializers.Serializer):
+    reason = serializers.CharField(
+        max_length=services.TAKEDOWN_REASON_MAX,
+        help_text="Why the platform takes the image down; shown to its creator.",
+    )
+
+
 class BulkUpdateSerializer(MetadataSerializer):
-    ids = serializers.ListField(child=serializers.IntegerField(), allow_empty=False, max_length=500)
+    ids = IdListField(allow_empty=False, max_length=500)
 
 
-def _validation_response(error: DjangoValidationError) -> Response:
-    detail = error.message_dict if hasattr(error, "error_dict") else {"non_field_errors": error.messages}
-    return Response(detail, status=status.HTTP_400_BAD_REQUEST)
-
-
-class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class AssetViewSet(IdLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """The signed-in creator's images (staff: everyone's)."""
 
     serializer_class = AssetSerializer
-    parser_classes = [parsers.MultiPartParser, parsers.FormParser, parsers.JSONParser]
+    parser_classes = [UploadParser, parsers.FormParser, parsers.JSONParser]  # UploadParser: our file-name rule
+
+    def initialize_request(self, request, *args, **kwargs):
+        self.action = self.action_map.get(request.method.lower())  # DRF sets it only after choosing parsers
+        return super().initialize_request(request, *args, **kwargs)
+
+    def get_parsers(self):
+        # An upload carries a file, which only a multipart form can: the schema then says so too.
+        if getattr(self, "action", None) == "create":
+            return [UploadParser()]
+        return super().get_parsers()
 
     def get_queryset(self):
         params = self.request.query_params
@@ -160,8 +173,6 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
             asset = services.upload_asset(
                 owner=request.user, uploaded_file=uploaded, metadata=changes, releases=releases
             )
-        except DjangoPermissionDenied as denied:
-            raise PermissionDenied(str(denied)) from None
         except services.DuplicateUpload as duplicate:
             existing = duplicate.existing
             return Response(
@@ -177,27 +188,20 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 {"code": rejected.code, "detail": rejected.message, "file": [rejected.message]},
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        except DjangoValidationError as error:
-            return _validation_response(error)
         return Response(AssetSerializer(asset).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=MetadataSerializer, responses={200: AssetSerializer})
     def partial_update(self, request, pk=None):
-        """Change an image's metadata, licence, consent or releases."""
+        """Change an image's metadata, licence, consent or releases (its creator); staff: title, description, tags."""
         asset = self.get_object()
         serializer = MetadataSerializer(data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
         changes, releases = serializer.split()
-        try:
-            asset = services.update_asset_metadata(asset, actor=request.user, changes=changes, releases=releases)
-        except DjangoPermissionDenied as denied:
-            raise PermissionDenied(str(denied)) from None
-        except DjangoValidationError as error:
-            return _validation_response(error)
+        asset = services.update_asset_metadata(asset, actor=request.user, changes=changes, releases=releases)
         return Response(AssetSerializer(selectors.get_visible_asset(request.user, asset.pk)).data)
 
     @extend_schema(request=BulkUpdateSerializer, responses={200: AssetSerializer(many=True)})
-    @action(detail=False, methods=["post"])
+    @action(detail=False, methods=["post"], pagination_class=None)  # the changed images, all of them
     def bulk(self, request):
         """Apply the same metadata to many images; all change or none (errors keyed by image id)."""
         serializer = BulkUpdateSerializer(data=request.data, partial=True)
@@ -210,22 +214,32 @@ class AssetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         missing = sorted(set(ids) - {asset.pk for asset in assets})
         if missing:
             return Response({"ids": [f"No such image: {', '.join(map(str, missing))}."]}, status=400)
-        try:
-            updated = services.bulk_update_metadata(
-                actor=request.user, assets=assets, changes=changes, releases=releases
-            )
-        except DjangoPermissionDenied as denied:
-            raise PermissionDenied(str(denied)) from None
-        except DjangoValidationError as error:
-            return _validation_response(error)
+        updated = services.bulk_update_metadata(actor=request.user, assets=assets, changes=changes, releases=releases)
         fresh = selectors.visible_assets(request.user).filter(pk__in=[a.pk for a in updated]).order_by("pk")
         return Response(AssetSerializer(fresh, many=True).data)
 
     @extend_schema(request=None, responses={200: AssetSerializer})
     @action(detail=True, methods=["post"])
     def withdraw(self, request, pk=None):
-        """Withdraw the image from all future packs (its history is kept)."""
+        """Withdraw the image from all future packs (its history is kept). Its creator only."""
         asset = services.withdraw_asset(self.get_object(), actor=request.user)
+        return Response(AssetSerializer(selectors.get_visible_asset(request.user, asset.pk)).data)
+
+    @extend_schema(request=TakedownSerializer, responses={200: AssetSerializer})
+    @action(detail=True, methods=["post"])
+    def takedown(self, request, pk=None):
+        """Staff: take the image down (out of sale and every future pack) for a reason its creator is shown."""
+        asset = self.get_object()
+        # The service checks who asks before the reason, so that a refusal says only that.
+        reason = request.data.get("reason") if hasattr(request.data, "get") else None  # a JSON list has none
+        asset = services.take_down_asset(asset, actor=request.user, reason=reason)
+        return Response(AssetSerializer(selectors.get_visible_asset(request.user, asset.pk)).data)
+
+    @extend_schema(request=None, responses={200: AssetSerializer})
+    @action(detail=True, methods=["post"])
+    def reinstate(self, request, pk=None):
+        """Staff: lift a takedown, until a published pack version depends on it."""
+        asset = services.reinstate_asset(self.get_object(), actor=request.user)
         return Response(AssetSerializer(selectors.get_visible_asset(request.user, asset.pk)).data)
 
     @extend_schema(request=None, responses={200: AssetSerializer})

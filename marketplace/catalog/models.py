@@ -80,6 +80,10 @@ class Asset(models.Model):
     property_release = models.FileField(blank=True, max_length=300)
 
     withdrawn_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # A staff takedown is the platform's act, not the creator's: kept apart from `withdrawn_at` so that
+    # no page says the creator withdrew an image the platform removed, and so that staff can lift it.
+    taken_down_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    takedown_reason = models.TextField(blank=True, max_length=2000, help_text="Shown to the creator.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -105,12 +109,24 @@ class Asset(models.Model):
         return self.withdrawn_at is not None
 
     @property
+    def is_taken_down(self) -> bool:
+        return self.taken_down_at is not None
+
+    @property
+    def is_out_of_packs(self) -> bool:
+        """Withdrawn by its creator or taken down by the platform: in no future pack, not for sale."""
+        return self.is_withdrawn or self.is_taken_down
+
+    @property
     def licence_info(self) -> licences.Licence | None:
         return licences.get(self.licence)
 
     @property
     def display_status(self) -> str:
-        return "withdrawn" if self.is_withdrawn else self.status
+        # The creator's own withdrawal is final, so it shows even over a takedown.
+        if self.is_withdrawn:
+            return "withdrawn"
+        return "taken-down" if self.is_taken_down else self.status
 
     @property
     def tag_names(self) -> list[str]:
@@ -118,7 +134,7 @@ class Asset(models.Model):
 
 
 class AssetEvent(models.Model):
-    """Append-only history of an asset: upload, processing, metadata, consent, withdrawal."""
+    """Append-only history of an asset: upload, processing, metadata, consent, withdrawal, takedown."""
 
     class Kind(models.TextChoices):
         UPLOADED = "uploaded", "Uploaded"
@@ -129,6 +145,8 @@ class AssetEvent(models.Model):
         CONSENT_WITHDRAWN = "consent_withdrawn", "Consent to AI training withdrawn"
         RIGHTS_OVERRIDE_CONFIRMED = "rights_override_confirmed", "Rights over embedded prohibition confirmed"
         WITHDRAWN = "withdrawn", "Withdrawn"
+        TAKEN_DOWN = "taken_down", "Taken down by the platform"
+        REINSTATED = "reinstated", "Reinstated by the platform"
 
     asset = models.ForeignKey(Asset, on_delete=models.CASCADE, related_name="events")
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)

@@ -5,7 +5,7 @@ from django.http import Http404
 
 from marketplace.catalog.models import Asset
 
-STATUS_FILTERS = ("processing", "ready", "failed", "withdrawn")
+STATUS_FILTERS = ("processing", "ready", "failed", "taken-down", "withdrawn")
 
 
 def visible_assets(user) -> QuerySet[Asset]:
@@ -34,10 +34,13 @@ def filter_assets(
     tag: str = "",
     search: str = "",
 ) -> QuerySet[Asset]:
+    # As `Asset.display_status`: withdrawn shows over taken down, and both over the processing status.
     if status == "withdrawn":
         assets = assets.filter(withdrawn_at__isnull=False)
+    elif status == "taken-down":
+        assets = assets.filter(taken_down_at__isnull=False, withdrawn_at__isnull=True)
     elif status in STATUS_FILTERS:
-        assets = assets.filter(status=status, withdrawn_at__isnull=True)
+        assets = assets.filter(status=status, withdrawn_at__isnull=True, taken_down_at__isnull=True)
     if licence == "none":
         assets = assets.filter(licence="")
     elif licence:
@@ -54,8 +57,9 @@ def filter_assets(
 
 
 def status_counts(assets: QuerySet[Asset]) -> dict[str, int]:
-    live = assets.filter(withdrawn_at__isnull=True)
+    live = assets.filter(withdrawn_at__isnull=True, taken_down_at__isnull=True)
     counts = {row["status"]: row["n"] for row in live.values("status").annotate(n=Count("id"))}
+    counts["taken-down"] = assets.filter(taken_down_at__isnull=False, withdrawn_at__isnull=True).count()
     counts["withdrawn"] = assets.filter(withdrawn_at__isnull=False).count()
     return {status: counts.get(status, 0) for status in STATUS_FILTERS}
 

@@ -1,11 +1,10 @@
-"""Writes to the catalog: uploads, metadata and consent, withdrawal, post-upload processing."""
+"""Writes to the catalog: uploads, metadata and consent, withdrawal, staff takedowns, post-upload processing."""
 
 import logging
 import uuid
 from contextlib import contextmanager
 from datetime import UTC
 from functools import partial
-from pathlib import PurePath
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -16,7 +15,13 @@ from django.utils import timezone
 
 from marketplace.catalog import imagemeta, imaging, licences, signals
 from marketplace.catalog.models import Asset, AssetEvent, Tag
-from marketplace.catalog.validation import UploadRejected, check_size, inspect_image, inspect_release
+from marketplace.catalog.validation import (
+    UploadRejected,
+    check_size,
+    clean_filename,
+    inspect_image,
+    inspect_release,
+)
 from marketplace.core import metrics
 
 logger = logging.getLogger(__name__)
@@ -33,6 +38,20 @@ METADATA_FIELDS = (
     "people_identifiable",
 )
 RELEASE_FIELDS = ("model_release", "property_release")
+# The creator's offer and agreement: what they license, to whom it may be trained on, their word on the
+# rights and on the people in it, and the releases that back that word. Only the owner may set them.
+RIGHTS_FIELDS = {
+    "licence": "licence",
+    "ai_training_consent": "AI-training consent",
+    "rights_override_confirmed": "rights confirmation",
+    "people_identifiable": "people-identifiable declaration",
+    "model_release": "model release",
+    "property_release": "property release",
+}
+# What staff may correct on someone else's image (moderation of its public text); each change is in the
+# image's history under the staff member's name.
+MODERATION_FIELDS = ("title", "description", "tags")
+TAKEDOWN_REASON_MAX = 2000
 
 
 class DuplicateUpload(UploadRejected):
@@ -66,10 +85,6 @@ def _read_upload(uploaded_file) -> bytes:
     return uploaded_file.read()
 
 
-def _clean_filename(name: str) -> str:
-    return PurePath(name or "upload").name[:255] or "upload"
-
-
 def normalise_tags(raw) -> list[str]:
     if raw is None:
         return []
@@ -88,9 +103,28 @@ def normalise_tags(raw) -> list[str]:
     return tags
 
 
-def ensure_can_edit(actor, asset: Asset) -> None:
-    if not (actor.is_staff or asset.owner_id == actor.pk):
+def ensure_can_edit(actor, asset: Asset, fields=()) -> None:
+    """The owner may change anything; staff only the moderation fields (and may retry processing)."""
+    if asset.owner_id == actor.pk:
+        return
+    if not actor.is_staff:
         raise PermissionDenied("Only the image's creator can change it.")
+    rights = [label for name, label in RIGHTS_FIELDS.items() if name in fields]
+    if rights:
+        raise PermissionDenied(
+            f"Only the image's creator can change its {', '.join(rights)}. "
+            f"Staff may correct its {', '.join(MODERATION_FIELDS)}, or take it down."
+        )
+
+
+def ensure_owner(actor, asset: Asset, *, act: str) -> None:
+    if asset.owner_id != actor.pk:
+        raise PermissionDenied(f"Only the image's creator can {act}.")
+
+
+def ensure_staff(actor, *, act: str) -> None:
+    if not actor.is_staff:
+        raise PermissionDenied(f"Only staff can {act}.")
 
 
 # --- uploading -----------------------------------------------------------------------
@@ -103,6 +137,7 @@ def upload_asset(*, owner, uploaded_file, metadata: dict | None = None, releases
     """
     if not owner.is_creator:
         raise PermissionDenied("Only creators can upload images. Turn on the creator role in your account.")
+    filename = clean_filename(uploaded_file.name)  # a name that is refused is refused before the bytes are read
     data = _read_upload(uploaded_file)
     inspected = inspect_image(data)
     existing = Asset.objects.filter(owner=owner, sha256=inspected.sha256).first()
@@ -116,7 +151,7 @@ def upload_asset(*, owner, uploaded_file, metadata: dict | None = None, releases
         with _files_removed_on_failure() as saved, transaction.atomic():
             asset = Asset(
                 owner=owner,
-                original_filename=_clean_filename(uploaded_file.name),
+                original_filename=filename,
                 sha256=inspected.sha256,
                 format=inspected.format,
                 byte_size=inspected.byte_size,
@@ -153,7 +188,7 @@ def upload_asset(*, owner, uploaded_file, metadata: dict | None = None, releases
 
 
 def update_asset_metadata(asset: Asset, *, actor, changes: dict, releases: dict | None = None) -> Asset:
-    ensure_can_edit(actor, asset)
+    ensure_can_edit(actor, asset, [*changes, *(releases or {})])
     with _files_removed_on_failure() as saved, transaction.atomic():
         locked = Asset.objects.select_for_update().get(pk=asset.pk)
         _apply_metadata(locked, actor=actor, changes=changes, releases=releases or {}, saved=saved)
@@ -165,7 +200,7 @@ def bulk_update_metadata(*, actor, assets: list[Asset], changes: dict, releases:
     if not assets:
         raise ValidationError({"assets": "Choose at least one image."})
     for asset in assets:
-        ensure_can_edit(actor, asset)
+        ensure_can_edit(actor, asset, [*changes, *(releases or {})])
     errors: dict[str, list[str]] = {}
     updated: list[Asset] = []
     with _files_removed_on_failure() as saved, transaction.atomic():
@@ -291,8 +326,11 @@ def _apply_metadata(asset: Asset, *, actor, changes: dict, releases: dict, saved
 
 
 def withdraw_asset(asset: Asset, *, actor) -> Asset:
-    """Take an image out of every future pack. Its row, files and history stay for the record."""
-    ensure_can_edit(actor, asset)
+    """The creator takes an image out of every future pack. Its row, files and history stay for the record.
+
+    Only the creator: staff remove an image with `take_down_asset`, which records the platform's act.
+    """
+    ensure_owner(actor, asset, act="withdraw it; staff take an image down instead, with a reason")
     with transaction.atomic():
         locked = Asset.objects.select_for_update().get(pk=asset.pk)
         if locked.withdrawn_at is None:
@@ -302,6 +340,59 @@ def withdraw_asset(asset: Asset, *, actor) -> Asset:
             transaction.on_commit(
                 partial(signals.asset_withdrawn.send, sender=Asset, asset_id=locked.pk, reason="withdrawn")
             )
+    return locked
+
+
+# --- staff takedowns -------------------------------------------------------------------------------
+
+
+def take_down_asset(asset: Asset, *, actor, reason: str) -> Asset:
+    """Staff remove an image from sale and from every pack, for a reason the creator is shown.
+
+    Like a withdrawal it revokes the image from published versions (as a takedown by the platform), but it
+    is the platform's act: recorded as such, never shown as the creator's, and liftable by `reinstate_asset`.
+    """
+    ensure_staff(actor, act="take an image down")
+    reason = reason.strip() if isinstance(reason, str) else ""
+    if not reason:
+        raise ValidationError({"reason": "Give the reason for the takedown: the creator is shown it."})
+    if len(reason) > TAKEDOWN_REASON_MAX:
+        raise ValidationError({"reason": f"At most {TAKEDOWN_REASON_MAX} characters."})
+    with transaction.atomic():
+        locked = Asset.objects.select_for_update().get(pk=asset.pk)
+        if locked.is_withdrawn:
+            raise ValidationError("Its creator already withdrew this image: it is in no pack and not for sale.")
+        if locked.is_taken_down:
+            raise ValidationError("This image is already taken down.")
+        locked.taken_down_at = timezone.now()
+        locked.takedown_reason = reason
+        locked.save(update_fields=["taken_down_at", "takedown_reason", "updated_at"])
+        AssetEvent.objects.create(
+            asset=locked, actor=actor, kind=AssetEvent.Kind.TAKEN_DOWN, details={"reason": reason}
+        )
+        transaction.on_commit(
+            partial(signals.asset_withdrawn.send, sender=Asset, asset_id=locked.pk, reason="takedown")
+        )
+    return locked
+
+
+def reinstate_asset(asset: Asset, *, actor) -> Asset:
+    """Staff lift their takedown, so the image may enter future packs again; the creator cannot.
+
+    Refused once a published pack version depends on the takedown: packs decide that (see
+    `marketplace.packs.receivers.refuse_lifting_a_published_takedown`) through `signals.takedown_lifting`.
+    """
+    ensure_staff(actor, act="reinstate an image the platform took down")
+    with transaction.atomic():
+        locked = Asset.objects.select_for_update().get(pk=asset.pk)
+        if not locked.is_taken_down:
+            raise ValidationError("This image is not taken down.")
+        signals.takedown_lifting.send(sender=Asset, asset_id=locked.pk)
+        details = {"takedown_reason": locked.takedown_reason, "taken_down_at": locked.taken_down_at.isoformat()}
+        locked.taken_down_at = None
+        locked.takedown_reason = ""
+        locked.save(update_fields=["taken_down_at", "takedown_reason", "updated_at"])
+        AssetEvent.objects.create(asset=locked, actor=actor, kind=AssetEvent.Kind.REINSTATED, details=details)
     return locked
 
 

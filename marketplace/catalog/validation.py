@@ -6,6 +6,8 @@ stable code that the API and tests use.
 
 import hashlib
 import io
+import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 
@@ -65,6 +67,51 @@ def _describe_unaccepted(head: bytes) -> str:
     if text[:4] == b"ftyp" or head[4:8] == b"ftyp":
         return f"HEIC/AVIF and video files are not accepted. {ACCEPTED}"
     return f"This file is not an image we can read. {ACCEPTED}"
+
+
+# --- file names ------------------------------------------------------------------------------
+
+# As filesystems count (ext4, APFS, NTFS all stop near 255): longer names are refused, never cut short.
+FILENAME_MAX_BYTES = 255
+# Characters that change how text around them is displayed without being visible themselves: the
+# bidirectional controls ("photo\u202egpj.exe" shows as "photoexe.jpg") and the byte-order mark.
+_INVISIBLE = dict.fromkeys(map(ord, "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"))
+_PATH_SEPARATORS = re.compile(r"[/\\]")
+# Browsers write a name's `"`, CR and LF as %22, %0D and %0A in a multipart form (the HTML standard's
+# encoding); Django passes them on as typed.
+_BROWSER_ESCAPES = re.compile(r"%22|%0D|%0A", re.IGNORECASE)
+
+
+def filename_too_long(size: int | None = None) -> UploadRejected:
+    length = f"{size} bytes long" if size else "too long"
+    return UploadRejected(
+        "name_too_long",
+        f"The file name is {length}; the limit is {FILENAME_MAX_BYTES} bytes (UTF-8). Rename the file and upload it "
+        "again.",
+    )
+
+
+def clean_filename(name: str | None) -> str:
+    """An uploaded file's name as we keep and show it: the client's name, readable and exact where it is
+    safe, or UploadRejected("name_too_long").
+
+    The browsers' %22, %0D and %0A read back; Unicode NFC (macOS sends "é" decomposed); only the part
+    after the last / or \\ (a path is not a name); control characters go, and white space of any kind (a
+    tab, a newline: never into a header or a log line) becomes one space; invisible direction controls
+    go. Everything else, `<`, `>`, `&` and quotes included, is kept as typed: it is data, escaped wherever
+    it is shown (templates, Markdown).
+    """
+    text = _BROWSER_ESCAPES.sub(lambda match: '"' if match.group().upper() == "%22" else " ", name or "")
+    text = unicodedata.normalize("NFC", text)
+    text = _PATH_SEPARATORS.split(text)[-1].translate(_INVISIBLE)
+    text = "".join(char for char in text if unicodedata.category(char) not in ("Cc", "Cs") or char.isspace())
+    text = " ".join(text.split())  # every kind of white space (tab, newline, U+2028) as one space
+    if text in ("", ".", ".."):
+        return "upload"
+    size = len(text.encode("utf-8"))
+    if size > FILENAME_MAX_BYTES:
+        raise filename_too_long(size)
+    return text
 
 
 def _megabytes(n: int) -> str:

@@ -1,11 +1,11 @@
-"""HTML pages for creators: upload, my uploads, an image's page, editing, withdrawal, files."""
+"""HTML pages for creators: upload, my uploads, an image's page, editing, withdrawal, files; staff takedowns."""
 
 import mimetypes
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404
@@ -13,7 +13,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from marketplace.catalog import licences, selectors, services
-from marketplace.catalog.forms import AssetMetadataForm
+from marketplace.catalog.forms import AssetMetadataForm, AssetModerationForm, TakedownForm
 from marketplace.core.storage import download_redirect
 
 # URL name of each downloadable file -> (model field, sent as attachment)
@@ -67,7 +67,12 @@ def my_uploads(request):
 @login_required
 def asset_detail(request, pk):
     asset = selectors.get_visible_asset(request.user, pk)
-    return render(request, "catalog/asset_detail.html", {"asset": asset, "events": asset.events.all()})
+    context = {"asset": asset, "events": asset.events.all(), "is_owner": asset.owner_id == request.user.pk}
+    return render(request, "catalog/asset_detail.html", context)
+
+
+def _refused(request, asset, denied: PermissionDenied):
+    return render(request, "catalog/refused.html", {"asset": asset, "message": str(denied)}, status=403)
 
 
 @login_required
@@ -85,7 +90,19 @@ def asset_edit(request, pk):
         "rights_override_confirmed": asset.rights_override_confirmed_at is not None,
         "people_identifiable": asset.people_identifiable,
     }
-    form = AssetMetadataForm(request.POST or None, request.FILES or None, initial=initial)
+    # Staff may correct the text of someone else's image; its rights are its creator's alone.
+    is_owner = asset.owner_id == request.user.pk
+    form_class = AssetMetadataForm if is_owner else AssetModerationForm
+    form = form_class(request.POST or None, request.FILES or None, initial=initial)
+    context = {"asset": asset, "form": form, "is_owner": is_owner}
+    if request.method == "POST" and not is_owner:
+        try:
+            # What was posted counts, not what the form shows: a rights field is refused, not dropped.
+            services.ensure_can_edit(request.user, asset, [*request.POST, *request.FILES])
+        except PermissionDenied as denied:
+            form.is_valid()
+            form.add_error(None, str(denied))
+            return render(request, "catalog/asset_edit.html", context, status=403)
     if request.method == "POST" and form.is_valid():
         changes, releases = form.split()
         try:
@@ -95,17 +112,57 @@ def asset_edit(request, pk):
         else:
             messages.success(request, "Saved.")
             return redirect("catalog:asset", pk=asset.pk)
-    return render(request, "catalog/asset_edit.html", {"asset": asset, "form": form})
+    return render(request, "catalog/asset_edit.html", context)
 
 
 @login_required
 def asset_withdraw(request, pk):
     asset = selectors.get_visible_asset(request.user, pk)
+    try:
+        services.ensure_owner(request.user, asset, act="withdraw it; staff take an image down instead, with a reason")
+    except PermissionDenied as denied:
+        return _refused(request, asset, denied)
     if request.method == "POST":
         services.withdraw_asset(asset, actor=request.user)
         messages.success(request, "Withdrawn: the image will not be in any future pack.")
         return redirect("catalog:asset", pk=asset.pk)
     return render(request, "catalog/asset_withdraw.html", {"asset": asset})
+
+
+@login_required
+def asset_takedown(request, pk):
+    """Staff take an image down, with a reason its creator is shown."""
+    asset = selectors.get_visible_asset(request.user, pk)
+    try:
+        services.ensure_staff(request.user, act="take an image down")
+    except PermissionDenied as denied:
+        return _refused(request, asset, denied)
+    form = TakedownForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.take_down_asset(asset, actor=request.user, reason=form.cleaned_data["reason"])
+        except ValidationError as error:
+            form.add_service_errors(error)
+        else:
+            messages.success(request, "Taken down: it is out of every future pack and not for sale.")
+            return redirect("catalog:asset", pk=asset.pk)
+    return render(request, "catalog/asset_takedown.html", {"asset": asset, "form": form})
+
+
+@login_required
+@require_POST
+def asset_reinstate(request, pk):
+    """Staff lift their takedown (refused once a published pack version depends on it)."""
+    asset = selectors.get_visible_asset(request.user, pk)
+    try:
+        services.reinstate_asset(asset, actor=request.user)
+    except PermissionDenied as denied:
+        return _refused(request, asset, denied)
+    except ValidationError as error:
+        messages.error(request, " ".join(error.messages))
+    else:
+        messages.success(request, "Reinstated: the image may enter future packs again.")
+    return redirect("catalog:asset", pk=asset.pk)
 
 
 @login_required

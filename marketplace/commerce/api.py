@@ -1,7 +1,7 @@
 """REST API for buyers' scripts: their licences and signed download links (token or session auth)."""
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -37,7 +37,11 @@ class DownloadFileSerializer(serializers.Serializer):
     name = serializers.CharField()
     bytes = serializers.IntegerField()
     sha256 = serializers.CharField()
-    url = serializers.CharField(help_text="Signed, expiring, for this buyer only.")
+    url = serializers.CharField(
+        help_text="A signed bearer link to this one file: it downloads without logging in (send no session) for "
+        "DOWNLOAD_LINK_SECONDS (15 minutes by default), then answers 403; also 403 in another account's session, "
+        "once the licence is revoked, and once the download is rebuilt. Ask this endpoint again for fresh links."
+    )
 
 
 class ExportSerializer(serializers.Serializer):
@@ -57,8 +61,13 @@ class PackLicenceViewSet(viewsets.ReadOnlyModelViewSet):
     def get_queryset(self):
         return selectors.buyer_licences(self.request.user).order_by("-granted_at")
 
-    @extend_schema(responses=ExportSerializer(many=True))
-    @action(detail=True, methods=["get"])
+    @extend_schema(
+        responses={
+            200: ExportSerializer(many=True),
+            403: OpenApiResponse(description="The licence was revoked: the reason is in `detail`."),
+        }
+    )
+    @action(detail=True, methods=["get"], pagination_class=None)  # one row per download format, never paged
     def downloads(self, request, pk=None):
         licence = self.get_object()
         if not licence.is_active:

@@ -26,7 +26,12 @@ HANDLED_EVENTS = ("payment_intent.succeeded", "payment_intent.payment_failed", "
 
 
 class CheckoutRefused(Exception):
-    """The buyer cannot buy this version now; the message says why."""
+    """The buyer cannot buy this version now; the message says why, and `current` is the version on sale
+    instead (when the version itself is no longer sold and a newer one is)."""
+
+    def __init__(self, message: str, *, current: PackVersion | None = None):
+        super().__init__(message)
+        self.current = current
 
 
 class InvalidWebhook(Exception):
@@ -52,15 +57,9 @@ def check_can_buy(buyer, version: PackVersion) -> None:
         raise CheckoutRefused("Log in with a buyer account to license this pack.")
     if not buyer.is_buyer:
         raise CheckoutRefused("Your account is not a buyer account. Turn on buying in your account settings.")
-    if not version.pack.is_listed:
-        raise CheckoutRefused("This pack is not for sale.")
-    latest = pack_selectors.latest_version(version.pack)
-    if latest.pk != version.pk:
-        raise CheckoutRefused(f"Version {version.number} has been superseded; version {latest.number} is for sale.")
-    if version.revocations.exists():
-        raise CheckoutRefused(
-            "Creators withdrew images from this version, so it is no longer sold; a new version will replace it."
-        )
+    status = pack_selectors.sale_status(version)
+    if not status.on_sale:
+        raise CheckoutRefused(status.reason, current=status.current)
     if active_licence(buyer, version):
         raise CheckoutRefused("You already hold a licence for this version.")
 
@@ -280,7 +279,7 @@ def _send_licence_email(licence_pk) -> None:
 
 
 def notify_licensees_of_revocations(revocation_ids: list[int]) -> int:
-    """Tell every licensee of the affected versions which items their creators withdrew. Returns emails sent."""
+    """Tell every licensee of the affected versions which items were revoked, and why. Returns emails sent."""
     from marketplace.packs.models import Revocation
 
     revocations = list(
@@ -301,8 +300,8 @@ def notify_licensees_of_revocations(revocation_ids: list[int]) -> int:
             if not licence.buyer.email:
                 continue
             send_mail(
-                f"Items withdrawn from {version}",
-                f"Creators withdrew these items from {version}, which you license:\n{lines}\n\n"
+                f"Items revoked from {version}",
+                f"These items were taken out of {version}, which you license (each line says why):\n{lines}\n\n"
                 f"Please remove them from your copies and future training runs. Revocation list: {url}\n",
                 settings.DEFAULT_FROM_EMAIL,
                 [licence.buyer.email],

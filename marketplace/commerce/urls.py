@@ -4,9 +4,9 @@ from marketplace.commerce import views
 
 app_name = "commerce"
 urlpatterns = [
-    path("buy/<int:version_pk>/", views.checkout, name="checkout"),
-    path("orders/<int:pk>/", views.order_detail, name="order"),
-    path("orders/<int:pk>/status/", views.order_status, name="order-status"),
+    path("buy/<id:version_pk>/", views.checkout, name="checkout"),
+    path("orders/<id:pk>/", views.order_detail, name="order"),
+    path("orders/<id:pk>/status/", views.order_status, name="order-status"),
     path("stripe/webhook/", views.stripe_webhook, name="stripe-webhook"),
     path("my/licences/", views.dashboard, name="dashboard"),
     path("certificates/<uuid:pk>/", views.certificate, name="certificate"),

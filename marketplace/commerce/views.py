@@ -13,7 +13,6 @@ from marketplace.commerce.models import PackLicence
 from marketplace.commerce.stripe_gateway import PaymentProviderError
 from marketplace.core.storage import download_redirect
 from marketplace.packs import exports
-from marketplace.packs import selectors as pack_selectors
 from marketplace.packs.models import PackExport, PackVersion
 
 
@@ -28,16 +27,16 @@ def checkout(request, version_pk):
             return redirect("commerce:downloads", licence.pk)
         try:
             services.check_can_buy(request.user, version)
-            refusal = ""
+            refusal, current = "", None
         except services.CheckoutRefused as error:
-            refusal = str(error)
+            refusal, current = str(error), error.current
         return render(
             request,
             "commerce/checkout.html",
             {
                 "version": version,
                 "refusal": refusal,
-                "latest": pack_selectors.latest_version(version.pack),
+                "current": current,
                 "stripe_js_url": settings.STRIPE_JS_URL,
                 "stripe_publishable_key": settings.STRIPE_PUBLISHABLE_KEY,
             },
@@ -50,7 +49,11 @@ def checkout(request, version_pk):
     try:
         started = services.start_checkout(buyer=request.user, version=version)
     except services.CheckoutRefused as error:
-        return JsonResponse({"error": str(error)}, status=409)
+        refused = {"error": str(error)}
+        if error.current is not None:  # a stale version: where the current one is bought
+            refused["current_version"] = error.current.number
+            refused["current_checkout_url"] = reverse("commerce:checkout", args=[error.current.pk])
+        return JsonResponse(refused, status=409)
     except PaymentProviderError as error:
         return JsonResponse({"error": f"{error} Please try again in a moment."}, status=502)
     return JsonResponse(
@@ -157,6 +160,10 @@ def download_file(request, token):
     try:
         export, name = download_links.resolve(token, request.user)
     except download_links.DownloadRefused as error:
+        # A browser gets a page that says why and where fresh links are; a script (curl, wget) the plain reason.
+        if request.get_preferred_type(["text/plain", "text/html"]) == "text/html":
+            context = {"reason": str(error), "error": error, "link_minutes": settings.DOWNLOAD_LINK_SECONDS // 60}
+            return render(request, "commerce/download_refused.html", context, status=403)
         return HttpResponseForbidden(str(error), content_type="text/plain")
     try:
         # Object storage (S3): a short-lived signed URL, so that the bytes do not pass through Django.

@@ -6,6 +6,6 @@ app_name = "curation"
 urlpatterns = [
     path("search/", views.search, name="search"),
     path("review/", views.review_queue, name="review"),
-    path("flags/<int:pk>/", views.flag_detail, name="flag"),
-    path("assets/<int:asset_pk>/", views.analysis_detail, name="analysis"),
+    path("flags/<id:pk>/", views.flag_detail, name="flag"),
+    path("assets/<id:asset_pk>/", views.analysis_detail, name="analysis"),
 ]

@@ -1,17 +1,17 @@
 """Staff pages: text-to-image search, the review queue, flag decisions, training captions."""
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
 
+from marketplace.core.decorators import staff_required
 from marketplace.curation import selectors, services
 from marketplace.curation.engine import clip
 from marketplace.curation.forms import CaptionForm, DecisionForm, SearchForm
 from marketplace.curation.models import AssetAnalysis, Flag
 
 
-@staff_member_required
+@staff_required
 def search(request):
     form = SearchForm(request.GET or None)
     hits, error = [], ""
@@ -36,7 +36,7 @@ def search(request):
     return render(request, "curation/search.html", {"form": form, "hits": hits, "error": error})
 
 
-@staff_member_required
+@staff_required
 def review_queue(request):
     kind = request.GET.get("kind", "")
     flags = selectors.open_flags(kind)[:200]
@@ -47,7 +47,7 @@ def review_queue(request):
     )
 
 
-@staff_member_required
+@staff_required
 def flag_detail(request, pk):
     flag = get_object_or_404(Flag.objects.select_related("asset", "other_asset"), pk=pk)
     form = DecisionForm(request.POST or None)
@@ -66,7 +66,7 @@ def flag_detail(request, pk):
     )
 
 
-@staff_member_required
+@staff_required
 def analysis_detail(request, asset_pk):
     analysis = get_object_or_404(AssetAnalysis.objects.select_related("asset"), asset_id=asset_pk)
     form = CaptionForm(request.POST or None, initial={"caption": analysis.caption_override})

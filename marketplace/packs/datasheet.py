@@ -3,7 +3,9 @@
 Its sections follow "Datasheets for Datasets" (Gebru et al.) and Hugging Face dataset cards: motivation,
 composition, collection and consent, captioning, deduplication and quality, licence, maintenance. The
 structure is plain JSON (`{"title", "sections": [{"heading", "text"}], "stats"}`) frozen with the version;
-section texts are a small Markdown subset that `render_html` turns into safe HTML for the pack page.
+section texts are a small Markdown subset that `render_html` turns into safe HTML for the pack page. User
+text (the description, creators' names, tags) enters a section escaped by `marketplace.core.markdown`; the
+title and the stats are data, escaped where they are rendered.
 """
 
 import html
@@ -15,6 +17,7 @@ from django.conf import settings
 from django.utils.safestring import SafeString, mark_safe
 
 from marketplace.catalog import licences
+from marketplace.core.markdown import md_block, md_text
 from marketplace.curation.engine import quality
 
 TOP_TAGS = 20
@@ -115,7 +118,7 @@ def _motivation(description: str, use: str) -> str:
         if use == "commercial"
         else "training machine-learning models for non-commercial research only"
     )
-    text = description.strip() or "The curators gave no further description."
+    text = md_block(description) or "The curators gave no further description."
     return f"{text}\n\nThis pack is licensed for {purpose}."
 
 
@@ -127,12 +130,8 @@ def _images(count: int) -> str:
     return f"{count} image" if count == 1 else f"{count} images"
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "/")
-
-
 def _tag_list(pairs: list) -> str:
-    return ", ".join(f"{tag} ({count})" for tag, count in pairs) or "none"
+    return ", ".join(f"{md_text(tag)} ({count})" for tag, count in pairs) or "none"
 
 
 def _composition(stats: dict) -> str:
@@ -149,7 +148,7 @@ def _composition(stats: dict) -> str:
         "| Creator | Images |",
         "| --- | --- |",
         *(
-            f"| {_cell(creator['name'])} ({creator['username']}) | {creator['items']} |"
+            f"| {md_text(creator['name'])} ({md_text(creator['username'])}) | {creator['items']} |"
             for creator in stats["creators"]
         ),
         "",
@@ -260,29 +259,40 @@ def licence_summary(code: str) -> dict:
 
 def render_markdown(datasheet: dict) -> str:
     """The dataset card as Markdown, shipped as DATASHEET.md / README.md in every download."""
-    lines = [f"# {datasheet.get('title', 'Dataset pack')}", ""]
+    lines = [f"# {md_text(datasheet.get('title', 'Dataset pack'))}", ""]
     for section in datasheet.get("sections", []):
         lines += [f"## {section['heading']}", "", section.get("text", ""), ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
-_INLINE = re.compile(r"`([^`]+)`|\*\*([^*]+)\*\*")
+_INLINE = re.compile(r"\\([!-/:-@\[-`{-~])|`([^`]+)`|\*\*([^*]+)\*\*")
+
+
+def _text(text: str) -> str:
+    # The entities that md_text writes for <, > and & (and any other) read back as the characters.
+    return html.escape(html.unescape(text))
 
 
 def _inline(text: str) -> str:
-    """Escape, then `code` and **bold**: the only inline Markdown the sections use."""
+    """Escape, then backslash escapes, `code` and **bold**: the only inline Markdown the sections use."""
     out, last = [], 0
     for match in _INLINE.finditer(text):
-        out.append(html.escape(text[last : match.start()]))
-        code, bold = match.groups()
-        out.append(f"<code>{html.escape(code)}</code>" if code is not None else f"<strong>{html.escape(bold)}</strong>")
+        out.append(_text(text[last : match.start()]))
+        escaped, code, bold = match.groups()
+        if escaped is not None:
+            out.append(html.escape(escaped))
+        elif code is not None:
+            out.append(f"<code>{html.escape(code)}</code>")
+        else:
+            out.append(f"<strong>{_inline(bold)}</strong>")
         last = match.end()
-    out.append(html.escape(text[last:]))
+    out.append(_text(text[last:]))
     return "".join(out)
 
 
 def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+    # A user's "|" is written "\|" (md_text): it stays in its cell.
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().removeprefix("|").removesuffix("|"))]
 
 
 def render_html(text: str) -> SafeString:

@@ -4,6 +4,7 @@ from decimal import Decimal
 from django import forms
 
 from marketplace.catalog import licences
+from marketplace.core.ids import ID_RANGE, parse_id, shown
 from marketplace.packs.models import Pack
 
 # Stripe's smallest charge in US dollars.
@@ -20,9 +21,12 @@ class AssetIdsField(forms.CharField):
         for token in re.split(r"[\s,;]+", text.strip()):
             if not token:
                 continue
-            if not token.isdigit() or int(token) == 0:
-                raise forms.ValidationError(f"“{token}” is not an image id: give whole numbers separated by commas.")
-            ids.append(int(token))
+            number = parse_id(token)
+            if number is None:
+                raise forms.ValidationError(
+                    f"“{shown(token)}” is not an image id: give whole numbers separated by commas. {ID_RANGE}"
+                )
+            ids.append(number)
         return list(dict.fromkeys(ids))
 
 

@@ -120,11 +120,13 @@ class PackItem(FrozenModel):
 
 
 class Revocation(models.Model):
-    """A creator took an image back after a version was published: named on its public revocation list."""
+    """An image left a version after it was published (its creator took it back, or the platform took it
+    down): named on the version's public revocation list."""
 
     class Reason(models.TextChoices):
         WITHDRAWN = "withdrawn", "The creator withdrew the image"
         CONSENT_WITHDRAWN = "consent_withdrawn", "The creator withdrew consent to AI training"
+        TAKEDOWN = "takedown", "Taken down by the platform"
 
     version = models.ForeignKey(PackVersion, on_delete=models.PROTECT, related_name="revocations")
     item = models.ForeignKey(PackItem, on_delete=models.PROTECT, related_name="revocations")

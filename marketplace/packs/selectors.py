@@ -28,7 +28,7 @@ def allowed_licence_codes(use: str) -> list[str]:
 def eligible_assets(use: str) -> QuerySet[Asset]:
     """Every image that may enter a pack of this use, as one query.
 
-    Ready, consented to AI training, under a licence that fits the use, not withdrawn, not held,
+    Ready, consented to AI training, under a licence that fits the use, not withdrawn, not taken down, not held,
     analysed and passing quality, the representative of its near-duplicate cluster (if any), and with
     its location-free delivery copy made.
     """
@@ -38,6 +38,7 @@ def eligible_assets(use: str) -> QuerySet[Asset]:
             status=Asset.Status.READY,
             ai_training_consent=True,
             withdrawn_at__isnull=True,
+            taken_down_at__isnull=True,
             licence__in=allowed_licence_codes(use),
             analysis__status=AssetAnalysis.Status.DONE,
             analysis__quality_ok=True,
@@ -80,6 +81,8 @@ def ineligibility_reasons(asset: Asset, use: str) -> list[str]:
     reasons = []
     if asset.is_withdrawn:
         reasons.append("withdrawn by the creator")
+    if asset.is_taken_down:
+        reasons.append(f"taken down by the platform: {asset.takedown_reason}")
     if asset.status != Asset.Status.READY:
         reasons.append(f"not ready ({asset.get_status_display().lower()})")
     if not asset.ai_training_consent:
@@ -168,15 +171,77 @@ def get_version(slug: str, number: int) -> PackVersion:
         raise Http404("No such pack version.") from None
 
 
+@dataclass(frozen=True)
+class SaleStatus:
+    """Whether a version is sold now; if not, why (in words for the buyer) and which version is sold instead."""
+
+    on_sale: bool
+    reason: str = ""
+    current: PackVersion | None = None  # the version a buyer can license instead, when there is one
+
+
+_CREATOR_REVOCATIONS = {Revocation.Reason.WITHDRAWN, Revocation.Reason.CONSENT_WITHDRAWN}
+
+
+def sale_status(version: PackVersion) -> SaleStatus:
+    """Whether `version` may be bought. The one rule that both the pack page (Buy or not) and checkout
+    (refuse with 409) follow, so that the page never offers what checkout would refuse.
+
+    A version stops being sold when its pack is taken off sale, when a newer version is published, or
+    when an image is revoked from it (a price or content change only ever makes a new version)."""
+    if not version.pack.is_listed:
+        return SaleStatus(False, "This pack is not for sale.")
+    latest = latest_version(version.pack)
+    if latest.pk != version.pk:
+        newer = sale_status(latest)
+        if newer.on_sale:
+            return SaleStatus(
+                False, f"Version {version.number} has been superseded; version {latest.number} is for sale.", latest
+            )
+        return SaleStatus(
+            False, f"Version {version.number} has been superseded by version {latest.number}, which is not sold either."
+        )
+    reasons = set(version.revocations.values_list("reason", flat=True))
+    if reasons and reasons <= _CREATOR_REVOCATIONS:
+        return SaleStatus(
+            False, "Creators withdrew images from this version, so it is no longer sold; a new version will replace it."
+        )
+    if reasons:
+        return SaleStatus(
+            False,
+            "Images were taken out of this version after it was published (see its revocation list), so it is no "
+            "longer sold; a new version will replace it.",
+        )
+    return SaleStatus(True)
+
+
 def public_items(version: PackVersion) -> QuerySet[PackItem]:
-    """Items still shown on public pages: not revoked, and their image not withdrawn meanwhile."""
+    """Items still shown on public pages: not revoked, and their image not withdrawn or taken down meanwhile."""
     revoked = Revocation.objects.filter(item=OuterRef("pk"))
     return (
         version.items.exclude(Exists(revoked))
-        .filter(asset__withdrawn_at__isnull=True, asset__ai_training_consent=True)
+        .filter(asset__withdrawn_at__isnull=True, asset__taken_down_at__isnull=True, asset__ai_training_consent=True)
         .select_related("creator")
         .order_by("position")
     )
+
+
+def versions_depending_on_takedown(asset_id: int) -> list[PackVersion]:
+    """Published versions that depend on this image's takedown: while there is one, staff cannot lift it.
+
+    A version depends on a takedown once its public record carries it: a takedown revokes the image from
+    every published version holding it, so such a version names it on its (permanent) revocation list as
+    taken down by the platform, its licensees were emailed to delete it, and it stopped being sold.
+    Reinstating could undo none of that. So: every version holding the image, except those it had already
+    been revoked from at its creator's request (their record does not rest on the takedown). Counted from
+    the items rather than from the revocations, so that it holds even before the revocation after the
+    takedown's commit has run. Versions published while the image was down never held it: nothing in them
+    rests on it, and reinstating only lets it into future versions again.
+    """
+    own_reasons = [Revocation.Reason.WITHDRAWN, Revocation.Reason.CONSENT_WITHDRAWN]
+    revoked_by_creator = Revocation.objects.filter(item=OuterRef("pk"), reason__in=own_reasons)
+    items = PackItem.objects.filter(asset_id=asset_id).exclude(Exists(revoked_by_creator))
+    return list(PackVersion.objects.filter(items__in=items).select_related("pack").order_by("pk").distinct())
 
 
 def revocations(version: PackVersion) -> QuerySet[Revocation]:
@@ -185,9 +250,13 @@ def revocations(version: PackVersion) -> QuerySet[Revocation]:
 
 def version_stats(version: PackVersion) -> dict:
     """What the page shows next to the grid: counts at publication and now."""
+    by_reason = dict(version.revocations.values_list("reason").annotate(n=Count("id")))
+    taken_down = by_reason.pop(Revocation.Reason.TAKEDOWN, 0)
     return {
         "published_items": version.item_count,
-        "revoked_items": version.revocations.count(),
+        "revoked_items": sum(by_reason.values()) + taken_down,
+        "withdrawn_items": sum(by_reason.values()),  # by their creators: the image, or consent to training
+        "taken_down_items": taken_down,  # by the platform
         "creators": version.creator_count,
     }
 

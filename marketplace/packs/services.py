@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from marketplace.catalog import licences
 from marketplace.catalog.models import Asset
+from marketplace.core.ids import ID_RANGE, parse_id
 from marketplace.curation import services as curation
 from marketplace.curation.engine import clip
 from marketplace.packs import datasheet, diversity, selectors, signals
@@ -93,10 +94,10 @@ def save_pack(*, actor, pack: Pack | None = None, **fields) -> Pack:
 
 def _ids(values) -> list[int]:
     """Asset ids in their first-given order, once each."""
-    try:
-        return list(dict.fromkeys(int(value) for value in values or []))
-    except (TypeError, ValueError):
-        raise ValidationError("Image ids are whole numbers.") from None
+    ids = [parse_id(value) for value in values or []]
+    if None in ids:
+        raise ValidationError(f"Image ids are whole numbers. {ID_RANGE}")
+    return list(dict.fromkeys(ids))
 
 
 # --- the selection ---------------------------------------------------------------------------------

@@ -3,14 +3,14 @@
 import mimetypes
 
 from django.contrib import messages
-from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from marketplace.core.decorators import staff_required
 from marketplace.core.money import format_cents
 from marketplace.packs import selectors, services
 from marketplace.packs.datasheet import render_html
@@ -43,9 +43,13 @@ def version_detail(request, slug, number):
         {"heading": section["heading"], "html": render_html(section["text"])}
         for section in version.datasheet.get("sections", [])
     ]
+    # Buy only what checkout sells; a version no longer sold says why and offers the one that is.
+    sale = selectors.sale_status(version)
     context = {
         "version": version,
         "latest": latest,
+        "sale": sale,
+        "current_price": format_cents(sale.current.price_cents, sale.current.currency) if sale.current else "",
         "page": page,
         "stats": selectors.version_stats(version),
         "sections": sections,
@@ -57,9 +61,28 @@ def version_detail(request, slug, number):
 
 def revocation_list(request, slug, number):
     version = selectors.get_version(slug, number)
-    return render(
-        request, "packs/revocations.html", {"version": version, "revocations": selectors.revocations(version)}
-    )
+    revocations = selectors.revocations(version)
+    if request.GET.get("format") == "json":
+        # Who took each item out is public: "takedown" is the platform's act, never reported as the creator's.
+        return JsonResponse(
+            {
+                "pack": version.pack.slug,
+                "version": version.number,
+                "manifest_sha256": version.manifest_sha256,
+                "revocations": [
+                    {
+                        "key": revocation.item.key,
+                        "title": revocation.item.title,
+                        "creator": revocation.item.creator.username,
+                        "reason": revocation.reason,
+                        "reason_label": revocation.get_reason_display(),
+                        "revoked_at": revocation.revoked_at.isoformat(),
+                    }
+                    for revocation in revocations
+                ],
+            }
+        )
+    return render(request, "packs/revocations.html", {"version": version, "revocations": revocations})
 
 
 def item_thumbnail(request, slug, number, item_pk):
@@ -83,7 +106,7 @@ def item_thumbnail(request, slug, number, item_pk):
 # --- staff --------------------------------------------------------------------------------------------
 
 
-@staff_member_required
+@staff_required
 def staff_pack_list(request):
     return render(request, "packs/staff_list.html", {"packs": selectors.staff_packs()})
 
@@ -96,7 +119,7 @@ def _add_errors(form: PackForm, error: ValidationError) -> None:
         form.add_error(name if name in form.fields else None, errors)
 
 
-@staff_member_required
+@staff_required
 def staff_pack_edit(request, pk=None):
     pack = get_object_or_404(Pack, pk=pk) if pk else None
     if request.method == "POST":
@@ -128,7 +151,7 @@ def staff_pack_edit(request, pk=None):
     return render(request, "packs/staff_edit.html", context)
 
 
-@staff_member_required
+@staff_required
 @require_POST
 def staff_export_rebuild(request, pk, export_pk):
     """Build a download again: one that failed, or whose build was lost with its worker or broker."""
@@ -144,7 +167,7 @@ def staff_export_rebuild(request, pk, export_pk):
     return redirect("packs:staff-edit", pk=pk)
 
 
-@staff_member_required
+@staff_required
 @require_POST
 def staff_pack_publish(request, pk):
     pack = get_object_or_404(Pack, pk=pk)

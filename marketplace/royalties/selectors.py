@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, Q, QuerySet, Sum
-from django.db.models.functions import TruncMonth
+from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, NullIf, TruncMonth
 from django.utils import timezone
 
+from marketplace.packs.models import PackItem
 from marketplace.royalties.models import Account, AllocationLine, ConnectedAccount, Entry, Payout, Transaction
 
 
@@ -28,7 +29,7 @@ class StatementRow:
     pack: str
     version: int | None
     asset_id: int | None
-    title: str
+    title: str  # an image's title as it was sold: the one frozen in the pack version the buyer licensed
     amount_cents: int
 
     @property
@@ -79,6 +80,20 @@ def balance(creator) -> Balance:
     )
 
 
+def _lines_with_sold_title(lines: QuerySet[AllocationLine]) -> QuerySet[AllocationLine]:
+    """Each line with `sold_title`: the image's title in the pack version that was sold (its PackItem,
+    frozen at publication), not its title now. Creators rename images; what a buyer licensed keeps the
+    name it had, and so does every statement of that sale. An untitled image shows its file name, as on
+    its own page."""
+    frozen_title = PackItem.objects.filter(version_id=OuterRef("version_id"), asset_id=OuterRef("asset_id")).values(
+        "title"
+    )[:1]
+    return lines.annotate(
+        sold_title=Coalesce(NullIf(Subquery(frozen_title), Value("")), F("asset__original_filename")),
+        current_title=Coalesce(NullIf(F("asset__title"), Value("")), F("asset__original_filename")),
+    )
+
+
 def earnings_by_version(creator) -> list[dict]:
     """Per pack version: net earnings, sales and refunds, best first."""
     rows = (
@@ -95,10 +110,12 @@ def earnings_by_version(creator) -> list[dict]:
 
 
 def earnings_by_asset(creator, limit: int = 200) -> list[dict]:
-    """Per image: net earnings and how many sales paid it, best first."""
+    """Per image and the title it was sold under: net earnings and how many sales paid it, best first.
+    An image renamed between two versions that both sold has a row for each title; `current_title` is
+    its title now."""
     rows = (
-        AllocationLine.objects.filter(creator=creator)
-        .values("asset_id", "asset__title", "asset__original_filename")
+        _lines_with_sold_title(AllocationLine.objects.filter(creator=creator))
+        .values("asset_id", "sold_title", "current_title")
         .annotate(
             cents=Sum("amount_cents"),
             sales=Count("transaction", distinct=True, filter=Q(transaction__kind=Transaction.Kind.SALE)),
@@ -179,11 +196,11 @@ def statement(creator, year: int, month: int) -> Statement:
             pack=line.version.title,
             version=line.version.number,
             asset_id=line.asset_id,
-            title=line.asset.display_title,
+            title=line.sold_title,
             amount_cents=line.amount_cents,
         )
-        for line in AllocationLine.objects.filter(in_month, creator=creator)
-        .select_related("transaction", "version", "asset")
+        for line in _lines_with_sold_title(AllocationLine.objects.filter(in_month, creator=creator))
+        .select_related("transaction", "version")
         .order_by("transaction__created_at", "id")
     ]
     # Payouts (and their reversals) move the balance without allocation lines.

@@ -178,7 +178,7 @@ def record_sale(order) -> Transaction:
         existing = Transaction.objects.filter(idempotency_key=sale_key(order)).first()
         if existing is not None:
             return existing
-        # An image revoked from the version (withdrawn by its creator) is not delivered to new buyers,
+        # An image revoked from the version (withdrawn, or taken down) is not delivered to new buyers,
         # so it earns nothing from sales recorded after its revocation.
         revoked = Revocation.objects.filter(item=OuterRef("pk"))
         live_items = order.version.items.exclude(Exists(revoked)).order_by("asset_id")

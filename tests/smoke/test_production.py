@@ -131,12 +131,33 @@ class Browser(requests.Session):
         )
 
 
-def sign_up(base: str, username: str, **roles) -> Browser:
-    user = Browser(base)
-    fields = {"username": username, "email": f"{username}@example.com", "password1": PASSWORD, "password2": PASSWORD}
-    response = user.submit("/accounts/signup/", {**fields, **{role: "on" for role in roles}})
+def sign_up(stack: Stack, username: str, **roles) -> Browser:
+    """Sign up as a person does: the form, the confirmation mail (the console email backend prints it into the web
+    log), and the mailed link's page, where the password is chosen. Returns the session, logged in."""
+    user = Browser(stack.web_url)
+    email = f"{username}@example.com"
+    response = user.submit("/accounts/signup/", {"username": username, "email": email, **dict.fromkeys(roles, "on")})
     assert response.status_code == 302, response.text[:2000]
+    assert "Check your email" in user.page(response.headers["Location"]).text
+    link = eventually(
+        lambda: confirmation_link(stack.log_text("web"), email), timeout=10, what=f"the mail to {email}", stack=stack
+    )
+    assert "Create my account" in user.page(link).text
+    response = user.submit(link, {"password1": PASSWORD, "password2": PASSWORD})
+    assert response.status_code == 302, response.text[:2000]
+    account = user.page("/accounts/me/")  # logged in as the new account, not sent to the log-in page
+    assert account.url.endswith("/accounts/me/") and f"{username} · {email}" in account.text
     return user
+
+
+def confirmation_link(web_log: str, email: str) -> str | None:
+    """The path of the sign-up link mailed to `email`, from the mails the console backend printed (each ends with a
+    line of 79 dashes; the access log's lines between them hold such links too, as Referer, never on a line alone)."""
+    for mail in reversed(web_log.split("-" * 79)):
+        found = re.search(r"^https?://[^/\s]+(/accounts/signup/confirm/[\w-]+/)$", mail, re.MULTILINE)
+        if found and re.search(rf"^To: {re.escape(email)}$", mail, re.MULTILINE):
+            return found.group(1)
+    return None
 
 
 def log_in(base: str, username: str) -> Browser:
@@ -175,7 +196,7 @@ def test_upload_curate_publish_buy_and_download_on_the_production_stack(stack):
     assert set(ready.json()["checks"]) == {"database", "broker", "storage", "payments"}
 
     # A creator signs up in the browser pages and uploads real photos through the API.
-    alice_pages = sign_up(base, "alice", is_creator=True)
+    alice_pages = sign_up(stack, "alice", is_creator=True)
     alice = api_token(base, "alice")
     asset_ids = []
     for photo, title in PHOTOS:
@@ -218,7 +239,7 @@ def test_upload_curate_publish_buy_and_download_on_the_production_stack(stack):
     assert published.status_code == 302 and urlparse(published.headers["Location"]).path == "/packs/smoke-pack/v1/"
 
     # A buyer pays with a test card through the fake Stripe, as Stripe.js does it.
-    carol = sign_up(base, "carol", is_buyer=True)
+    carol = sign_up(stack, "carol", is_buyer=True)
     version_page = carol.page("/packs/smoke-pack/v1/").text
     checkout_path = re.search(r'href="(/buy/\d+/)"', version_page).group(1)
     carol.page(checkout_path)
