@@ -40,10 +40,9 @@ def prepare() -> None:
     """Create var/'s folders and, for a development set-up without SECRET_KEY, the key file (mode 0600)."""
     root = var_dir()
     for variable, folders in _FOLDERS.items():
-        if variable == "CELERY_BROKER_URL" and os.environ.get(variable, "").startswith("filesystem://"):
-            pass  # a filesystem broker configured by hand still keeps its folders here
-        elif os.environ.get(variable):
-            continue
+        value = os.environ.get(variable, "")
+        if value and not value.startswith("filesystem://"):
+            continue  # a filesystem broker configured by hand still keeps its folders here, as settings say
         for folder in folders:
             (root / folder).mkdir(parents=True, exist_ok=True)
     if os.environ.get("SECRET_KEY") or not env_bool("DEBUG", True):

@@ -124,9 +124,13 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Tests use a file too (one per test process): an in-memory database is one connection
     # shared by every thread, which breaks the live server's parallel requests.
     DATABASES["default"]["TEST"] = {"NAME": str(VAR_DIR / f"test-{os.getpid()}.sqlite3")}
+else:
+    # A server that does not answer fails a connection within seconds instead of hanging a request, a task
+    # or a readiness probe's thread (libpq's default is to wait forever).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", env_int("DB_CONNECT_TIMEOUT", 5))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-# --- Cache (login rate limits live here: it must be shared by all web processes) --
+# --- Cache (shared by all web processes; log-in lockouts live in the database) ------
 CACHE_URL = env_str("CACHE_URL")
 if CACHE_URL:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
@@ -298,7 +302,6 @@ AXES_LOCKOUT_CALLABLE = "marketplace.accounts.lockout.lockout_response"
 AXES_RESET_ON_SUCCESS = True
 # A locked account's lock is not prolonged by more failures: it ends LOGIN_LOCKOUT_SECONDS after it began.
 AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
-AXES_HTTP_RESPONSE_CODE = 429
 # Sign-up confirmation links (mailed; the account is made when its link is followed) last this long.
 SIGNUP_CONFIRM_SECONDS = env_int("SIGNUP_CONFIRM_SECONDS", 3 * 24 * 3600)
 AUTH_PASSWORD_VALIDATORS = [

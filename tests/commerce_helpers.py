@@ -1,4 +1,7 @@
-"""Helpers for tests of buying: signed Stripe events, and a running localstripe."""
+"""Helpers for tests of buying: the Stripe settings and fake gateway fixtures, signed Stripe events, and a
+running localstripe. A test module takes the fixtures by importing them (`from tests.commerce_helpers import
+fake_stripe_fixture, stripe_settings_fixture`; each is registered under its `name`, so that a test's
+`fake_stripe` argument does not shadow the import): stripe_settings is autouse there, and only there."""
 
 import hashlib
 import hmac
@@ -10,10 +13,42 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import requests
+
+from marketplace.commerce import stripe_gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 WEBHOOK_SECRET = "whsec_test_marketplace"
+FEE = 175  # what the fake gateway says Stripe charged, in cents, on every charge
+
+
+@pytest.fixture(name="stripe_settings", autouse=True)
+def stripe_settings_fixture(settings):
+    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
+    settings.PLATFORM_SHARE_PERCENT = 15
+
+
+@pytest.fixture(name="fake_stripe")
+def fake_stripe_fixture(monkeypatch) -> list[dict]:
+    """Stripe's API as the tests need it: intents are created (their arguments recorded in the list it
+    returns) and retrieved, every charge costs FEE."""
+    created = []
+
+    def create_payment_intent(**kwargs):
+        created.append(kwargs)
+        return stripe_gateway.Intent(
+            f"pi_test_{kwargs['order_id']}", f"pi_test_{kwargs['order_id']}_secret_x", "requires_payment_method",
+            kwargs["amount_cents"], kwargs["currency"],
+        )  # fmt: skip
+
+    def retrieve_payment_intent(intent_id):
+        return stripe_gateway.Intent(intent_id, f"{intent_id}_secret_x", "requires_payment_method", 0, "usd")
+
+    monkeypatch.setattr(stripe_gateway, "create_payment_intent", create_payment_intent)
+    monkeypatch.setattr(stripe_gateway, "retrieve_payment_intent", retrieve_payment_intent)
+    monkeypatch.setattr(stripe_gateway, "charge_fee_cents", lambda charge_id: FEE)
+    return created
 
 
 def signed(event: dict, secret: str = WEBHOOK_SECRET, *, timestamp: int | None = None) -> tuple[bytes, str]:

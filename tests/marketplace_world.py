@@ -3,7 +3,10 @@
 
 from dataclasses import dataclass
 
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
 
 from marketplace.accounts.services import register_user
 from marketplace.catalog import services as catalog
@@ -28,7 +31,8 @@ class World:
     licensee: object  # a buyer who bought the pack
     order: Order
     licence: PackLicence
-    run: TrainingRun
+    run: TrainingRun  # queued: it can be cancelled
+    finished_run: TrainingRun  # succeeded, with its LoRA and a validation sample in storage: files to fetch
     flag: Flag
     download_token: str
 
@@ -57,7 +61,17 @@ def build_world(*, alice, bob, staff, licensee, make_eligible_asset, capture_on_
     licence = paid_licence(version, licensee)
     order = licence.order
     run = TrainingRun.objects.create(licence=licence, launched_by=staff, base_model="tiny-sd", config={})
+    finished_run = TrainingRun.objects.create(
+        licence=licence,
+        launched_by=staff,
+        base_model="tiny-sd",
+        config={},
+        status=TrainingRun.Status.SUCCEEDED,
+        finished_at=timezone.now(),
+        lora_path=default_storage.save("training/world/pytorch_lora_weights.safetensors", ContentFile(b"weights")),
+        samples=[{"step": 1, "path": default_storage.save("training/world/sample.png", ContentFile(b"png"))}],
+    )
     flag = Flag.objects.create(kind=Flag.Kind.QUALITY, asset=published)
     ready = next(row for row in commerce_selectors.download_listing(licence) if row["files"])
     token = ready["files"][0]["url"].rstrip("/").rsplit("/", 1)[-1]
-    return World(published, spare, bobs, pack, version, licensee, order, licence, run, flag, token)
+    return World(published, spare, bobs, pack, version, licensee, order, licence, run, finished_run, flag, token)

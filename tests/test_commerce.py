@@ -22,36 +22,15 @@ from marketplace.commerce.signals import licence_revoked
 from marketplace.packs import services as packs
 from marketplace.royalties.models import Transaction
 from marketplace.royalties.selectors import available_cents as creator_balance
-from tests.commerce_helpers import WEBHOOK_SECRET, intent_event, refund_event, signed
-
-FEE = 175
-
-
-@pytest.fixture(autouse=True)
-def stripe_settings(settings):
-    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-    settings.PLATFORM_SHARE_PERCENT = 15
-
-
-@pytest.fixture
-def fake_stripe(monkeypatch):
-    """Stripe's API as the tests need it: intents are created and retrieved, every charge costs FEE."""
-    created = []
-
-    def create_payment_intent(**kwargs):
-        created.append(kwargs)
-        return stripe_gateway.Intent(
-            f"pi_test_{kwargs['order_id']}", f"pi_test_{kwargs['order_id']}_secret_x", "requires_payment_method",
-            kwargs["amount_cents"], kwargs["currency"],
-        )  # fmt: skip
-
-    def retrieve_payment_intent(intent_id):
-        return stripe_gateway.Intent(intent_id, f"{intent_id}_secret_x", "requires_payment_method", 0, "usd")
-
-    monkeypatch.setattr(stripe_gateway, "create_payment_intent", create_payment_intent)
-    monkeypatch.setattr(stripe_gateway, "retrieve_payment_intent", retrieve_payment_intent)
-    monkeypatch.setattr(stripe_gateway, "charge_fee_cents", lambda charge_id: FEE)
-    return created
+from tests.commerce_helpers import (  # noqa: F401 (fixtures, used by name)
+    FEE,
+    WEBHOOK_SECRET,
+    fake_stripe_fixture,
+    intent_event,
+    refund_event,
+    signed,
+    stripe_settings_fixture,
+)
 
 
 @pytest.fixture

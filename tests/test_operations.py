@@ -496,8 +496,11 @@ def test_a_prefork_worker_logs_the_publishers_request_id_and_serves_its_pool_met
                 return None
 
         wait_for(scrape, timeout=60, what="the worker's metrics port")
-        # The publisher: another process, as the web server would be, inside a request's id.
+        # The publisher: another process, as the web server would be, inside a request's id. It shares the
+        # worker's environment (one configuration for every process) and stays out of the worker's metrics mode.
         script = (
+            "import os\n"
+            "assert 'PROMETHEUS_MULTIPROC_DIR' not in os.environ, 'not a worker: no metrics folder of its own'\n"
             "from marketplace.core.observability import request_id_context\n"
             "from marketplace.core.tasks import ping\n"
             "with request_id_context('web-req-9'):\n"
@@ -505,7 +508,7 @@ def test_a_prefork_worker_logs_the_publishers_request_id_and_serves_its_pool_met
         )
         publisher = subprocess.run(
             [sys.executable, "manage.py", "shell", "-v", "0", "-c", script],
-            cwd=ROOT, env={**env, "CELERY_METRICS_PORT": ""}, capture_output=True, text=True, timeout=120,
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert publisher.returncode == 0, publisher.stderr
 

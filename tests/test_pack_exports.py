@@ -292,7 +292,7 @@ def test_a_tampered_delivery_file_fails_the_export_naming_the_item(
         assert f"Item 000001 (asset {item.asset_id}, “rocket by alice”)" in export.error
         assert "does not match the published SHA-256" in export.error
         with pytest.raises(exports.ExportFileNotFound):
-            exports.open_export_file(export, "manifest.json")
+            exports.export_file(export, "manifest.json")
     assert export_files_in_storage(media_root) == []
 
     # Once the file is put right, staff retry and the downloads are built.
@@ -476,19 +476,19 @@ def test_retry_export_refuses_ready_and_live_builds(built, version):
 # --- serving --------------------------------------------------------------------------------
 
 
-def test_open_export_file_serves_only_the_listed_files(built, version):
+def test_export_file_serves_only_the_listed_files(built, version):
     export = built[PackExport.Kind.WEBDATASET]
-    with exports.open_export_file(export, "manifest.json") as handle:
+    with default_storage.open(exports.export_file(export, "manifest.json")["path"], "rb") as handle:
         assert hashlib.sha256(handle.read()).hexdigest() == version.manifest_sha256
     assert exports.export_file(export, "DATASHEET.md")["bytes"] == len(render_markdown(DATASHEET).encode())
     for name in ("nope.tar", "../imagefolder/street-life-v1.zip", f"exports/{version.pk}/webdataset/manifest.json"):
         with pytest.raises(exports.ExportFileNotFound, match="no file named"):
-            exports.open_export_file(export, name)
+            exports.export_file(export, name)
 
     PackExport.objects.filter(pk=export.pk).update(status=PackExport.Status.BUILDING)
     export.refresh_from_db()
     with pytest.raises(exports.ExportFileNotFound, match="not ready yet"):
-        exports.open_export_file(export, "manifest.json")
+        exports.export_file(export, "manifest.json")
 
 
 # --- the shard writer on its own ------------------------------------------------------------

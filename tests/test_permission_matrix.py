@@ -118,8 +118,8 @@ training:launch                     POST    login   403     403     403     403 
 training:detail                     GET     login   404     404     404     ok      ok
 training:status                     GET     login   404     404     404     ok      ok
 training:cancel                     POST    login   403     403     403     403     ok
-training:file                       GET     login   404     404     404     404     404
-training:sample                     GET     login   404     404     404     404     404
+training:file                       GET     login   404     404     404     ok      ok
+training:sample                     GET     login   404     404     404     ok      ok
 api-root                            GET     401     ok      ok      ok      ok      ok
 api-token                           POST    bad     bad     bad     bad     bad     bad
 api-schema                          GET     ok      ok      ok      ok      ok      ok
@@ -213,8 +213,8 @@ def url_for(name: str, world) -> str:
         "training:detail": [world.run.pk],
         "training:status": [world.run.pk],
         "training:cancel": [world.run.pk],
-        "training:file": [world.run.pk, "weights"],
-        "training:sample": [world.run.pk, "sample", 0],
+        "training:file": [world.finished_run.pk, "lora"],  # files that exist: a refusal is the permission's
+        "training:sample": [world.finished_run.pk, "sample", 0],
         "asset-detail": [asset],
         "asset-withdraw": [asset],
         "asset-retry": [asset],

@@ -29,6 +29,7 @@ from marketplace.packs import services as packs
 from marketplace.packs.models import PackExport, PackItem
 from tests.commerce_helpers import paid_licence
 from tests.conftest import photo_bytes
+from tests.training_helpers import resume_on_an_empty_machine, stop_at
 
 pytest_plugins = ["tests.s3_helpers"]  # the moto_server and s3_media fixtures
 
@@ -252,7 +253,6 @@ def test_a_run_checkpoints_to_the_bucket_resumes_from_it_elsewhere_and_saves_its
     from safetensors.torch import load
 
     from training import services
-    from training.models import TrainingRun
 
     settings.TRAINING_WORK_DIR = tmp_path / "first-machine"
     settings.TRAINING_DEVICE = "cpu"
@@ -261,15 +261,7 @@ def test_a_run_checkpoints_to_the_bucket_resumes_from_it_elsewhere_and_saves_its
     run = services.launch_run(actor=staff, licence=licence, base_model=str(tiny_base), **TRAINING)
 
     # The first worker stops after step 3 (as if it died there): its checkpoint is mirrored to the bucket.
-    monkeypatch.setattr(services, "STOP_CHECK_SECONDS", 0)
-    original_on_step = services._Progress.on_step
-
-    def on_step(self, step, total, loss, images_per_second):
-        original_on_step(self, step, total, loss, images_per_second)
-        if step == 3:
-            TrainingRun.objects.filter(pk=self.run.pk).update(cancel_requested_at=timezone.now())
-
-    monkeypatch.setattr(services._Progress, "on_step", on_step)
+    stop_at(monkeypatch, 3)
     assert services.execute_run(run.pk) == services.Outcome.CANCELED
     monkeypatch.undo()
     run.refresh_from_db()
@@ -281,18 +273,7 @@ def test_a_run_checkpoints_to_the_bucket_resumes_from_it_elsewhere_and_saves_its
 
     # Taken over on a machine whose work folder is empty: the checkpoint comes back from the bucket.
     shutil.rmtree(settings.TRAINING_WORK_DIR)
-    settings.TRAINING_WORK_DIR = tmp_path / "second-machine"
-    TrainingRun.objects.filter(pk=run.pk).update(
-        status=TrainingRun.Status.RUNNING,
-        cancel_requested_at=None,
-        finished_at=None,
-        heartbeat_at=timezone.now() - timezone.timedelta(seconds=400),
-        lease_token="dead-worker",
-    )
-    assert services.execute_run(run.pk) == services.Outcome.SUCCEEDED
-    run.refresh_from_db()
-    assert "Fetched checkpoint-00000003 from storage" in run.log_tail
-    assert "Resumed from checkpoint-00000003 at step 3" in run.log_tail
+    run = resume_on_an_empty_machine(run, settings, tmp_path / "second-machine", from_step=3)
     assert run.step == 6 and run.checkpoint_path == ""
     assert s3_media.keys(f"training/{run.pk}/checkpoints/") == []  # done: the resumable state is deleted
 

@@ -142,7 +142,7 @@ def test_production_settings_use_postgres_redis_and_s3(tmp_path):
     script = (
         "from django.conf import settings as s;"
         "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.STORAGES['default']['BACKEND'],"
-        " s.CACHES['default']['BACKEND'])"
+        " s.CACHES['default']['BACKEND'], s.DATABASES['default']['OPTIONS']['connect_timeout'])"
     )
     result = run_manage("shell", "-v", "0", "-c", script, env_overrides=PRODUCTION, tmp_path=tmp_path)
     assert result.returncode == 0, result.stderr
@@ -151,6 +151,7 @@ def test_production_settings_use_postgres_redis_and_s3(tmp_path):
         "redis://redis.example.com:6379/0",
         "storages.backends.s3.S3Storage",
         "django.core.cache.backends.redis.RedisCache",
+        "5",  # an unanswering database fails a connection in seconds, never hangs a probe or a request
     ]
 
 

@@ -17,39 +17,18 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from marketplace.commerce import stripe_gateway
 from marketplace.commerce.models import Order, PackLicence
 from marketplace.packs import exports
 from marketplace.packs import services as packs
 from marketplace.packs.models import PackExport
-from tests.commerce_helpers import WEBHOOK_SECRET, intent_event, refund_event, signed
-
-FEE = 175
-
-
-@pytest.fixture(autouse=True)
-def stripe_settings(settings):
-    settings.STRIPE_WEBHOOK_SECRET = WEBHOOK_SECRET
-    settings.PLATFORM_SHARE_PERCENT = 15
-
-
-@pytest.fixture
-def fake_stripe(monkeypatch):
-    def create_payment_intent(**kwargs):
-        return stripe_gateway.Intent(
-            f"pi_test_{kwargs['order_id']}", f"pi_test_{kwargs['order_id']}_secret_x", "requires_payment_method",
-            kwargs["amount_cents"], kwargs["currency"],
-        )  # fmt: skip
-
-    monkeypatch.setattr(stripe_gateway, "create_payment_intent", create_payment_intent)
-    monkeypatch.setattr(
-        stripe_gateway,
-        "retrieve_payment_intent",
-        lambda intent_id: stripe_gateway.Intent(
-            intent_id, f"{intent_id}_secret_x", "requires_payment_method", 0, "usd"
-        ),
-    )
-    monkeypatch.setattr(stripe_gateway, "charge_fee_cents", lambda charge_id: FEE)
+from tests.commerce_helpers import (  # noqa: F401 (fixtures, used by name)
+    WEBHOOK_SECRET,
+    fake_stripe_fixture,
+    intent_event,
+    refund_event,
+    signed,
+    stripe_settings_fixture,
+)
 
 
 def api_for(user) -> APIClient:
@@ -195,6 +174,27 @@ def test_an_untitled_image_is_named_by_its_file_on_the_statement(client, alice, 
     assert statement_titles(this_months_statement(client, alice), untitled.pk) == [("Sale", "chelsea.jpg")]
 
 
+def test_a_statement_costs_the_same_queries_however_many_lines_it_has(everyday, alice, carol, buy, deliver):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from marketplace.royalties import selectors as royalties
+
+    today = timezone.localdate()
+
+    def queries_and_lines() -> tuple[int, int]:
+        with CaptureQueriesContext(connection) as queries:
+            lines = royalties.statement(alice, today.year, today.month).rows
+        return len(queries), len(lines)
+
+    order = buy(carol, everyday["v1"])
+    sale = queries_and_lines()
+    deliver(refund_event(order, event_id="evt_refund_for_count"))  # a line more for each of alice's two images
+    sale_and_refund = queries_and_lines()
+    assert sale_and_refund[1] == sale[1] + 2
+    assert sale_and_refund[0] == sale[0]  # the sold titles come with the lines, not one lookup per line
+
+
 # --- 9b: a version that is no longer sold says why, and offers the one that is -----------------------------
 
 
@@ -247,6 +247,24 @@ def test_a_version_creators_withdrew_images_from_is_not_offered_until_a_new_one_
         f'href="{checkout_url(v2)}"'
         in client.get(reverse("packs:detail", args=["everyday"]), follow=True).content.decode()
     )
+
+
+def test_a_version_an_image_was_taken_down_from_is_not_sold_and_says_so(
+    client, everyday, carol, staff, django_capture_on_commit_callbacks, fake_stripe
+):
+    v1 = everyday["v1"]
+    with django_capture_on_commit_callbacks(execute=True):  # its revocations are made after commit
+        url = f"/api/assets/{everyday['moonwalk'].pk}/takedown/"
+        taken_down = api_for(staff).post(url, {"reason": "Not the uploader's own work."}, format="json")
+    assert taken_down.status_code == 200, taken_down.content
+    reason = (
+        "Images were taken out of this version after it was published (see its revocation list), so it is no "
+        "longer sold; a new version will replace it."
+    )  # not "Creators withdrew": the platform did
+    client.force_login(carol)
+    page = client.get(version_url(v1)).content.decode()
+    assert reason in page and buy_links(page) == []
+    assert client.post(checkout_url(v1), {"agree": "yes"}).json() == {"error": reason}
 
 
 def test_a_pack_taken_off_sale_offers_nothing(client, everyday, staff, carol, fake_stripe):

@@ -20,6 +20,7 @@ from marketplace.commerce.signals import licence_revoked
 from marketplace.packs import services as packs
 from marketplace.packs.models import PackExport
 from tests.commerce_helpers import paid_licence
+from tests.training_helpers import resume_on_an_empty_machine, stop_at
 from training import services
 from training.models import TrainingRun, TrainingUsage
 
@@ -110,19 +111,6 @@ def form_data(licence, tiny_base, **overrides) -> dict:
         "checkpoint_every": 2,
     }
     return {**data, **overrides}
-
-
-def stop_at(monkeypatch, step: int) -> None:
-    """Ask the run to stop once it reaches `step` (as a cancel from the page would), checked at every step."""
-    monkeypatch.setattr(services, "STOP_CHECK_SECONDS", 0)
-    original = services._Progress.on_step
-
-    def on_step(self, current, total, loss, images_per_second):
-        original(self, current, total, loss, images_per_second)
-        if current == step:
-            TrainingRun.objects.filter(pk=self.run.pk).update(cancel_requested_at=timezone.now())
-
-    monkeypatch.setattr(services._Progress, "on_step", on_step)
 
 
 def test_a_full_run_through_the_task_succeeds_and_its_outputs_reach_staff_and_the_licence_holder_only(
@@ -474,18 +462,7 @@ def test_a_run_taken_over_on_another_machine_resumes_from_its_checkpoint_in_stor
     assert stored == ["checkpoint-00000003.tar"]
 
     # The worker died; the run is taken over on a machine whose work folder is empty.
-    settings.TRAINING_WORK_DIR = tmp_path / "another-machine"
-    TrainingRun.objects.filter(pk=run.pk).update(
-        status=TrainingRun.Status.RUNNING,
-        cancel_requested_at=None,
-        finished_at=None,
-        heartbeat_at=timezone.now() - timezone.timedelta(seconds=400),
-        lease_token="dead-worker",
-    )
-    assert services.execute_run(run.pk) == services.Outcome.SUCCEEDED
-    run.refresh_from_db()
-    assert "Fetched checkpoint-00000003 from storage" in run.log_tail
-    assert "Resumed from checkpoint-00000003 at step 3" in run.log_tail
+    run = resume_on_an_empty_machine(run, settings, tmp_path / "another-machine", from_step=3)
     assert run.step == 6 and run.checkpoint_path == ""  # done: the resumable state is deleted
     assert default_storage.listdir(f"training/{run.pk}/checkpoints") == ([], [])
 

@@ -116,12 +116,13 @@ class LockoutHandler(AxesDatabaseHandler):
         worst = 0
         for names, attempts in zip(parameters, self.get_user_attempts(request, credentials), strict=True):
             key = tuple(names)
-            if key == ACCOUNT and self._is_known_address(request, credentials):
-                continue
             failures = attempts.aggregate(total=Sum("failures_since_start"))["total"] or 0
             # Scaled to the one limit axes compares with: failures reach this counter's own limit exactly when the
             # scaled figure reaches LOGIN_MAX_FAILURES.
-            worst = max(worst, failures // FACTORS.get(key, 1))
+            scaled = failures // FACTORS.get(key, 1)
+            # The access log is looked up only when the account counter would decide (it is read on every attempt).
+            if scaled > worst and not (key == ACCOUNT and self._is_known_address(request, credentials)):
+                worst = scaled
         return worst
 
     def reset_user_attempts(self, request, credentials=None) -> int:

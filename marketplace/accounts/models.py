@@ -1,10 +1,10 @@
-import hashlib
-from datetime import timedelta
+from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.core import signing
 from django.db import models
-from django.utils import timezone
 
 
 class User(AbstractUser):
@@ -30,27 +30,34 @@ class CreatorProfile(models.Model):
         return self.display_name
 
 
-class PendingSignup(models.Model):
-    """A sign-up waiting for its email address to be confirmed; the account is made from it when the mailed link
-    is followed and a password chosen there. Until then nothing is reserved, so whoever owns the address decides,
-    and a sign-up with an address that has an account looks the same as one without (see services.request_signup).
-    It holds no password: the password is chosen by whoever reads the mail (forms.SignupPasswordForm)."""
+@dataclass(frozen=True)
+class PendingSignup:
+    """A sign-up waiting for its email address to be confirmed. It is stored nowhere: the mailed link's token is
+    the sign-up itself, signed (django.core.signing) and dated, so it cannot be made up or changed and it expires
+    after SIGNUP_CONFIRM_SECONDS. The account is made from it when the link is followed and a password chosen there;
+    until then nothing is reserved, so whoever owns the address decides, and a sign-up with an address that has an
+    account looks the same as one without (see services.request_signup). It holds no password: the password is
+    chosen by whoever reads the mail (forms.SignupPasswordForm)."""
 
-    token_hash = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the mailed token.")
-    username = models.CharField(max_length=150)
-    email = models.EmailField()
-    is_creator = models.BooleanField(default=False)
-    is_buyer = models.BooleanField(default=False)
-    display_name = models.CharField(max_length=100, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    username: str
+    email: str
+    is_creator: bool
+    is_buyer: bool
+    display_name: str = ""
+
+    SALT: ClassVar[str] = "marketplace.accounts.signup"
 
     def __str__(self):
         return f"{self.username} <{self.email}>"
 
-    @staticmethod
-    def hash_token(token: str) -> str:
-        return hashlib.sha256(token.encode()).hexdigest()
+    def token(self) -> str:
+        return signing.dumps(asdict(self), salt=self.SALT, compress=True)
 
-    @staticmethod
-    def oldest_valid():
-        return timezone.now() - timedelta(seconds=settings.SIGNUP_CONFIRM_SECONDS)
+    @classmethod
+    def from_token(cls, token: str) -> "PendingSignup | None":
+        """The sign-up a token carries, or None when the token was not made by us or is older than
+        SIGNUP_CONFIRM_SECONDS."""
+        try:
+            return cls(**signing.loads(token, salt=cls.SALT, max_age=settings.SIGNUP_CONFIRM_SECONDS))
+        except signing.BadSignature:  # SignatureExpired too
+            return None

@@ -1,8 +1,10 @@
-from marketplace.accounts.models import PendingSignup
+from marketplace.accounts.models import PendingSignup, User
 
 
 def pending_signup(token: str) -> PendingSignup | None:
-    """The unexpired pending sign-up a mailed token belongs to, if any."""
-    return PendingSignup.objects.filter(
-        token_hash=PendingSignup.hash_token(token), created_at__gte=PendingSignup.oldest_valid()
-    ).first()
+    """The sign-up a mailed link carries, while the link works: made by us, not expired, and not used (once its
+    address has an account, that and every other link for the address stop working)."""
+    pending = PendingSignup.from_token(token)
+    if pending is None or User.objects.filter(email__iexact=pending.email).exists():
+        return None
+    return pending

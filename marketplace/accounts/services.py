@@ -1,12 +1,11 @@
-import secrets
-
 from axes.utils import reset as reset_login_failures
 from django.conf import settings
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
+from marketplace.accounts import lockout
 from marketplace.accounts.models import CreatorProfile, PendingSignup, User
 
 
@@ -72,17 +71,9 @@ def request_signup(*, username: str, email: str, is_creator: bool, is_buyer: boo
             "If it was not you, ignore this email: nothing was changed.\n",
         )
         return
-    token = secrets.token_urlsafe(32)
-    with transaction.atomic():
-        PendingSignup.objects.filter(created_at__lt=PendingSignup.oldest_valid()).delete()
-        PendingSignup.objects.create(
-            token_hash=PendingSignup.hash_token(token),
-            username=username,
-            email=email,
-            is_creator=is_creator,
-            is_buyer=is_buyer,
-            display_name=display_name,
-        )
+    pending = PendingSignup(
+        username=username, email=email, is_creator=is_creator, is_buyer=is_buyer, display_name=display_name
+    )
     hours = settings.SIGNUP_CONFIRM_SECONDS // 3600
     _send(
         email,
@@ -90,7 +81,7 @@ def request_signup(*, username: str, email: str, is_creator: bool, is_buyer: boo
         f"Someone (perhaps you) signed up to {settings.SITE_NAME} as {username} with this email address.\n\n"
         f"To confirm it, open this link, choose your password and create the account (the link works for "
         f"{hours} hours):\n"
-        f"{settings.SITE_URL}{reverse('accounts:signup-confirm', args=[token])}\n\n"
+        f"{settings.SITE_URL}{reverse('accounts:signup-confirm', args=[pending.token()])}\n\n"
         "If it was not you, ignore this email: no account is made.\n",
     )
 
@@ -99,36 +90,25 @@ def _send(address: str, subject: str, body: str) -> None:
     send_mail(subject, body, settings.DEFAULT_FROM_EMAIL, [address])
 
 
-@transaction.atomic
-def confirm_signup(token: str, *, password: str) -> User:
-    """Make the account of a pending sign-up from its mailed token, with the password chosen by whoever followed the
-    link (the one who reads the address's mail, not necessarily who filled in the sign-up form). Raises
-    SignupLinkError when it cannot."""
-    pending = (
-        PendingSignup.objects.select_for_update()
-        .filter(token_hash=PendingSignup.hash_token(token), created_at__gte=PendingSignup.oldest_valid())
-        .first()
-    )
-    if pending is None:
-        raise SignupLinkError(SIGNUP_LINK_GONE)
-    if User.objects.filter(email__iexact=pending.email).exists():
-        pending.delete()
-        raise SignupLinkError("This address has an account already: log in, or reset your password.")
+def confirm_signup(pending: PendingSignup, *, password: str) -> User:
+    """Make the account of a pending sign-up (selectors.pending_signup: from a working link), with the password
+    chosen by whoever followed the link (the one who reads the address's mail, not necessarily who filled in the
+    sign-up form). Raises SignupLinkError when it cannot."""
     if User.objects.filter(username__iexact=pending.username).exists():
-        pending.delete()
         raise SignupLinkError(f"The username {pending.username} was taken meanwhile: sign up again with another.")
-    user = register_user(
-        username=pending.username,
-        email=pending.email,
-        password=password,
-        is_creator=pending.is_creator,
-        is_buyer=pending.is_buyer,
-        display_name=pending.display_name,
-    )
-    PendingSignup.objects.filter(email__iexact=pending.email).delete()  # its other links are void now
-    return user
+    try:
+        return register_user(
+            username=pending.username,
+            email=pending.email,
+            password=password,
+            is_creator=pending.is_creator,
+            is_buyer=pending.is_buyer,
+            display_name=pending.display_name,
+        )
+    except IntegrityError:  # the same link pressed twice at once: the other press made the account
+        raise SignupLinkError(SIGNUP_LINK_GONE) from None
 
 
 def clear_login_failures(user: User) -> None:
     """After a password reset the account's owner may log in again at once, from anywhere."""
-    reset_login_failures(username=user.get_username().lower())
+    reset_login_failures(username=lockout.normalised_username(None, {"username": user.get_username()}))

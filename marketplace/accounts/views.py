@@ -56,7 +56,7 @@ def signup_confirm(request, token):
     form = SignupPasswordForm(data, username=pending.username, email=pending.email)
     if request.method == "POST" and form.is_valid():
         try:
-            user = services.confirm_signup(token, password=form.cleaned_data["password1"])
+            user = services.confirm_signup(pending, password=form.cleaned_data["password1"])
         except services.SignupLinkError as error:
             return render(request, "accounts/signup_confirm.html", {"error": str(error)}, status=410)
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")

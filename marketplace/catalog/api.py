@@ -128,16 +128,6 @@ class AssetViewSet(IdLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMix
     serializer_class = AssetSerializer
     parser_classes = [UploadParser, parsers.FormParser, parsers.JSONParser]  # UploadParser: our file-name rule
 
-    def initialize_request(self, request, *args, **kwargs):
-        self.action = self.action_map.get(request.method.lower())  # DRF sets it only after choosing parsers
-        return super().initialize_request(request, *args, **kwargs)
-
-    def get_parsers(self):
-        # An upload carries a file, which only a multipart form can: the schema then says so too.
-        if getattr(self, "action", None) == "create":
-            return [UploadParser()]
-        return super().get_parsers()
-
     def get_queryset(self):
         params = self.request.query_params
         return selectors.filter_assets(
@@ -150,7 +140,7 @@ class AssetViewSet(IdLookupMixin, mixins.ListModelMixin, mixins.RetrieveModelMix
         )
 
     @extend_schema(
-        request=UploadSerializer,
+        request={"multipart/form-data": UploadSerializer},  # an upload carries a file: only a multipart form can
         responses={
             201: AssetSerializer,
             400: OpenApiResponse(description="Rejected: the reason is in `detail`, its kind in `code`."),

@@ -1,6 +1,7 @@
 from django import forms
 
 from marketplace.catalog import licences
+from marketplace.catalog.services import TAKEDOWN_REASON_MAX
 
 
 class ServiceErrorsMixin:
@@ -52,7 +53,7 @@ class AssetMetadataForm(AssetModerationForm):
 class TakedownForm(ServiceErrorsMixin, forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),
-        max_length=2000,
+        max_length=TAKEDOWN_REASON_MAX,
         label="Reason",
         help_text="Required. The creator is shown it; public revocation lists say only that the platform took it down.",
     )

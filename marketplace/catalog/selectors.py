@@ -20,8 +20,8 @@ def visible_assets(user) -> QuerySet[Asset]:
 def get_visible_asset(user, pk) -> Asset:
     """The asset if this user may see it; 404 otherwise, so that others learn nothing about it."""
     try:
-        return visible_assets(user).get(pk=int(pk))
-    except (Asset.DoesNotExist, ValueError, TypeError):
+        return visible_assets(user).get(pk=pk)  # an int: the `id` URL converter or a row's own pk
+    except Asset.DoesNotExist:
         raise Http404("No such image.") from None
 
 

@@ -51,7 +51,7 @@ RIGHTS_FIELDS = {
 # What staff may correct on someone else's image (moderation of its public text); each change is in the
 # image's history under the staff member's name.
 MODERATION_FIELDS = ("title", "description", "tags")
-TAKEDOWN_REASON_MAX = 2000
+TAKEDOWN_REASON_MAX = Asset._meta.get_field("takedown_reason").max_length
 
 
 class DuplicateUpload(UploadRejected):
@@ -117,14 +117,21 @@ def ensure_can_edit(actor, asset: Asset, fields=()) -> None:
         )
 
 
-def ensure_owner(actor, asset: Asset, *, act: str) -> None:
+def ensure_can_withdraw(actor, asset: Asset) -> None:
+    """Withdrawal is the creator's act alone (the service and the page that asks to confirm it)."""
     if asset.owner_id != actor.pk:
-        raise PermissionDenied(f"Only the image's creator can {act}.")
+        raise PermissionDenied(
+            "Only the image's creator can withdraw it; staff take an image down instead, with a reason."
+        )
 
 
 def ensure_staff(actor, *, act: str) -> None:
     if not actor.is_staff:
         raise PermissionDenied(f"Only staff can {act}.")
+
+
+def ensure_can_take_down(actor) -> None:
+    ensure_staff(actor, act="take an image down")
 
 
 # --- uploading -----------------------------------------------------------------------
@@ -330,7 +337,7 @@ def withdraw_asset(asset: Asset, *, actor) -> Asset:
 
     Only the creator: staff remove an image with `take_down_asset`, which records the platform's act.
     """
-    ensure_owner(actor, asset, act="withdraw it; staff take an image down instead, with a reason")
+    ensure_can_withdraw(actor, asset)
     with transaction.atomic():
         locked = Asset.objects.select_for_update().get(pk=asset.pk)
         if locked.withdrawn_at is None:
@@ -352,7 +359,7 @@ def take_down_asset(asset: Asset, *, actor, reason: str) -> Asset:
     Like a withdrawal it revokes the image from published versions (as a takedown by the platform), but it
     is the platform's act: recorded as such, never shown as the creator's, and liftable by `reinstate_asset`.
     """
-    ensure_staff(actor, act="take an image down")
+    ensure_can_take_down(actor)
     reason = reason.strip() if isinstance(reason, str) else ""
     if not reason:
         raise ValidationError({"reason": "Give the reason for the takedown: the creator is shown it."})

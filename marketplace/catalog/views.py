@@ -67,7 +67,8 @@ def my_uploads(request):
 @login_required
 def asset_detail(request, pk):
     asset = selectors.get_visible_asset(request.user, pk)
-    context = {"asset": asset, "events": asset.events.all(), "is_owner": asset.owner_id == request.user.pk}
+    events = asset.events.select_related("actor")  # the history names who acted: one query, not one per event
+    context = {"asset": asset, "events": events, "is_owner": asset.owner_id == request.user.pk}
     return render(request, "catalog/asset_detail.html", context)
 
 
@@ -119,7 +120,7 @@ def asset_edit(request, pk):
 def asset_withdraw(request, pk):
     asset = selectors.get_visible_asset(request.user, pk)
     try:
-        services.ensure_owner(request.user, asset, act="withdraw it; staff take an image down instead, with a reason")
+        services.ensure_can_withdraw(request.user, asset)
     except PermissionDenied as denied:
         return _refused(request, asset, denied)
     if request.method == "POST":
@@ -134,7 +135,7 @@ def asset_takedown(request, pk):
     """Staff take an image down, with a reason its creator is shown."""
     asset = selectors.get_visible_asset(request.user, pk)
     try:
-        services.ensure_staff(request.user, act="take an image down")
+        services.ensure_can_take_down(request.user)
     except PermissionDenied as denied:
         return _refused(request, asset, denied)
     form = TakedownForm(request.POST or None)

@@ -42,8 +42,9 @@ def make_token(licence: PackLicence, export: PackExport, name: str) -> str:
     return signing.dumps(payload, salt=SALT, compress=True)
 
 
-def resolve(token: str, user) -> tuple[PackExport, str]:
-    """The ready export and the name of its file that this link gives `user`, or DownloadRefused."""
+def resolve(token: str, user) -> dict:
+    """The {name, path, bytes, sha256} entry of the ready export's file that this link gives `user` (every
+    check done: the caller only serves `path`), or DownloadRefused."""
     try:
         payload = signing.loads(token, salt=SALT, max_age=settings.DOWNLOAD_LINK_SECONDS)
     except signing.SignatureExpired:
@@ -75,4 +76,4 @@ def resolve(token: str, user) -> tuple[PackExport, str]:
             "fresh link.",
             licence_id=licence_id,
         )
-    return export, entry["name"]
+    return entry

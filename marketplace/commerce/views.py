@@ -12,7 +12,6 @@ from marketplace.commerce import selectors, services
 from marketplace.commerce.models import PackLicence
 from marketplace.commerce.stripe_gateway import PaymentProviderError
 from marketplace.core.storage import download_redirect
-from marketplace.packs import exports
 from marketplace.packs.models import PackExport, PackVersion
 
 
@@ -158,19 +157,20 @@ def downloads(request, pk):
 @require_GET
 def download_file(request, token):
     try:
-        export, name = download_links.resolve(token, request.user)
+        entry = download_links.resolve(token, request.user)
     except download_links.DownloadRefused as error:
         # A browser gets a page that says why and where fresh links are; a script (curl, wget) the plain reason.
         if request.get_preferred_type(["text/plain", "text/html"]) == "text/html":
             context = {"reason": str(error), "error": error, "link_minutes": settings.DOWNLOAD_LINK_SECONDS // 60}
             return render(request, "commerce/download_refused.html", context, status=403)
         return HttpResponseForbidden(str(error), content_type="text/plain")
+    path, name = entry["path"], entry["name"]
     try:
         # Object storage (S3): a short-lived signed URL, so that the bytes do not pass through Django.
-        redirect_response = download_redirect(default_storage, exports.export_file(export, name)["path"], filename=name)
+        redirect_response = download_redirect(default_storage, path, filename=name)
         if redirect_response is not None:
             return redirect_response
-        handle = exports.open_export_file(export, name)
+        handle = default_storage.open(path, "rb")
     except FileNotFoundError:
         raise Http404("The file is missing; staff have been told.") from None
     response = FileResponse(handle, as_attachment=True, filename=name)

@@ -2,8 +2,12 @@
 under /api/ they are JSON in the API's one error shape (marketplace/core/api_schema.py), like every other API
 error, so that a script never has to parse an HTML page; everywhere else they are Django's pages."""
 
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import JsonResponse
 from django.views import defaults
+from rest_framework import exceptions
+from rest_framework.views import exception_handler
 
 API_PREFIX = "/api/"
 
@@ -42,11 +46,6 @@ def api_exception_handler(exc, context):
     Services raise Django's PermissionDenied and ValidationError (the pages catch the same ones). DRF would
     answer the first with a generic message and the second not at all (a 500); here a refusal keeps its reason:
     403 {"detail": ...}, and 400 with messages keyed by field ({"non_field_errors": [...]} for the rest)."""
-    from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-    from django.core.exceptions import ValidationError as DjangoValidationError
-    from rest_framework import exceptions
-    from rest_framework.views import exception_handler
-
     if isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied(str(exc) or None)
     elif isinstance(exc, DjangoValidationError):

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -45,19 +46,27 @@ def check_database(timeout: float) -> str:
     return connection.vendor
 
 
-def check_broker(timeout: float) -> str:
+@contextmanager
+def broker_connection(timeout: float, *, write: bool = False):
+    """The Celery app's broker connection, connected in one try of at most `timeout` seconds (no retries:
+    a probe or a scrape reports a broker that is down instead of waiting for it), released on exit."""
     from marketplace import celery_app
 
-    with celery_app.connection_for_write() as connection:
+    connect = celery_app.connection_for_write if write else celery_app.connection_for_read
+    with connect() as connection:
+        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+        yield connection
+
+
+def check_broker(timeout: float) -> str:
+    with broker_connection(timeout, write=True) as connection:
         if connection.transport_cls == "filesystem":
-            # Nothing to connect to: the broker is its folders, and kombu does not create them.
+            # Connecting proves nothing there: the broker is its folders, and kombu does not create them.
             options = connection.transport_options
             folders = {v for k, v in options.items() if k.endswith(("_folder", "_folder_in", "_folder_out")) and v}
             bad = sorted(f for f in folders if not (os.path.isdir(f) and os.access(f, os.W_OK | os.X_OK)))
             if bad:
                 raise CheckFailed(f"filesystem broker folder missing or not writable: {', '.join(bad)}")
-            return "filesystem"
-        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
         return connection.transport_cls
 
 
@@ -77,8 +86,7 @@ def check_storage(timeout: float) -> str:
 
 
 def check_payments(timeout: float) -> str:
-    mode = getattr(settings, "PAYMENTS_MODE", "fake")
-    if mode == "fake":
+    if settings.PAYMENTS_MODE == "fake":
         url = settings.STRIPE_API_BASE.rstrip("/") + "/"
         try:
             urllib.request.urlopen(url, timeout=timeout).close()

@@ -12,8 +12,10 @@ import time
 
 from celery import signals
 from django.conf import settings
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+
+from marketplace.core.health import broker_connection
 
 logger = logging.getLogger(__name__)
 
@@ -69,29 +71,16 @@ def connect_task_signals() -> None:
 
 # --- queue lengths, read from the broker when scraped ---------------------------------------------------------
 
-DEFAULT_QUEUES = ("celery", "curation", "exports", "training")
-
-
-def queue_names() -> list[str]:
-    """The configured queues (CELERY_TASK_QUEUES, kombu Queues or names), else the ones this project uses."""
-    configured = getattr(settings, "CELERY_TASK_QUEUES", None)
-    names = {getattr(queue, "name", queue) for queue in configured} if configured else set(DEFAULT_QUEUES)
-    names.add(getattr(settings, "CELERY_TASK_DEFAULT_QUEUE", "celery"))
-    return sorted(str(name) for name in names)
-
 
 def queue_lengths(timeout: float = 2.0) -> dict[str, int]:
-    """Messages waiting in each queue. kombu's virtual transports count them themselves (Redis: the LLEN of
-    the queue's lists, one per priority step; the filesystem broker: the queue's message files); AMQP
-    answers a passive queue declaration."""
-    from marketplace import celery_app
-
+    """Messages waiting in each of settings.WORKER_QUEUES. kombu's virtual transports count them themselves
+    (Redis: the LLEN of the queue's lists, one per priority step; the filesystem broker: the queue's message
+    files); AMQP answers a passive queue declaration."""
     lengths = {}
-    with celery_app.connection_for_read() as connection:
-        connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=timeout)
+    with broker_connection(timeout) as connection:
         channel = connection.default_channel
         size = getattr(channel, "_size", None)
-        for name in queue_names():
+        for name in settings.WORKER_QUEUES:
             if size is not None:
                 lengths[name] = int(size(name))
                 continue
@@ -130,10 +119,10 @@ class CeleryQueueCollector:
 # --- exposition ---------------------------------------------------------------------------------------------
 
 
-def process_registry():
-    """This process's metrics, or all processes' when they share PROMETHEUS_MULTIPROC_DIR."""
-    from prometheus_client import REGISTRY
-
+def _process_registry() -> CollectorRegistry:
+    """This process's metrics, or all processes' when they share PROMETHEUS_MULTIPROC_DIR (the collector
+    reads the folder's files at each scrape). prometheus_client chose its mode from the same variable when
+    first imported, before this module."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
@@ -141,8 +130,14 @@ def process_registry():
     return REGISTRY
 
 
+# What /metrics and the worker's metrics port serve.
+PROCESS_REGISTRY = _process_registry()
+# Apart from it: read from the broker once per scrape, by whoever is scraped, never summed over processes.
+# Registering reads nothing (describe() is empty).
+QUEUE_REGISTRY = CollectorRegistry(auto_describe=False)
+QUEUE_REGISTRY.register(CeleryQueueCollector())
+
+
 def render_web_metrics() -> bytes:
-    """The /metrics page: the process metrics, then the queue lengths (read once, by whoever is scraped)."""
-    queues = CollectorRegistry(auto_describe=False)
-    queues.register(CeleryQueueCollector())
-    return generate_latest(process_registry()) + generate_latest(queues)
+    """The /metrics page: the process metrics, then the queue lengths."""
+    return generate_latest(PROCESS_REGISTRY) + generate_latest(QUEUE_REGISTRY)

@@ -5,9 +5,10 @@ returned in the X-Request-ID response header and put on every log record (Reques
 request enqueues carry it in a message header and their log records carry it too; a task started
 with no id (by beat, say) gets one of its own, passed on to the tasks it enqueues.
 
-marketplace/celery.py calls prepare_worker_metrics() and connect_celery_signals() when it is imported,
-before the Celery app (and anything that imports prometheus_client) exists. This module must therefore
-not import prometheus_client, nor anything that does, at import time.
+marketplace/celery.py calls prepare_worker_metrics() (in the `celery` command only) and
+connect_celery_signals() when it is imported, before the Celery app (and anything that imports
+prometheus_client) exists. This module must therefore not import prometheus_client, nor anything that
+does, at import time.
 """
 
 import atexit
@@ -23,6 +24,8 @@ from contextvars import ContextVar
 
 from celery import signals
 from django.core.signals import request_finished
+
+from marketplace.env import env_int, env_str
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +133,6 @@ def _task_finished(task_id=None, **kwargs) -> None:
 
 # --- the worker process ---------------------------------------------------------------------------------------
 
-_metrics_dir_made = None
-
 
 def prepare_worker_metrics() -> None:
     """A worker started with CELERY_METRICS_PORT serves its metrics on that port, from its main process,
@@ -141,8 +142,7 @@ def prepare_worker_metrics() -> None:
     own is made (the folder must be empty when the worker starts), and removed when the worker exits.
 
     Runs before prometheus_client is imported: it picks its mode once, when first imported."""
-    global _metrics_dir_made
-    if not os.environ.get("CELERY_METRICS_PORT") or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if not env_int("CELERY_METRICS_PORT", 0) or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
     if "prometheus_client" in sys.modules:
         logger.warning(
@@ -150,9 +150,9 @@ def prepare_worker_metrics() -> None:
             "task metrics will not reach CELERY_METRICS_PORT. Set PROMETHEUS_MULTIPROC_DIR in the environment."
         )
         return
-    _metrics_dir_made = tempfile.mkdtemp(prefix="celery-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _metrics_dir_made
-    atexit.register(_remove_metrics_dir, _metrics_dir_made, os.getpid())
+    folder = tempfile.mkdtemp(prefix="celery-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+    atexit.register(_remove_metrics_dir, folder, os.getpid())
 
 
 def _remove_metrics_dir(path: str, owner_pid: int) -> None:
@@ -162,15 +162,15 @@ def _remove_metrics_dir(path: str, owner_pid: int) -> None:
 
 def _serve_worker_metrics(**kwargs) -> None:
     """worker_ready (main process only): serve every pool process's metrics on CELERY_METRICS_PORT."""
-    port = os.environ.get("CELERY_METRICS_PORT")
+    port = env_int("CELERY_METRICS_PORT", 0)
     if not port:
         return
     from prometheus_client import start_http_server
 
-    from marketplace.core.metrics import process_registry
+    from marketplace.core.metrics import PROCESS_REGISTRY
 
-    address = os.environ.get("CELERY_METRICS_ADDR", "0.0.0.0")
-    start_http_server(int(port), addr=address, registry=process_registry())
+    address = env_str("CELERY_METRICS_ADDR", "0.0.0.0")
+    start_http_server(port, addr=address, registry=PROCESS_REGISTRY)
     logger.info("Worker metrics on http://%s:%s/metrics", address, port)
 
 

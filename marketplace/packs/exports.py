@@ -700,12 +700,6 @@ def _delete(names: Iterable[str]) -> None:
             logger.warning("could not delete %s", name, exc_info=True)
 
 
-def open_export_file(export: PackExport, name: str) -> File:
-    """Open one of a ready export's files by its download name (only names listed in `export.files`)."""
-    entry = export_file(export, name)
-    return default_storage.open(entry["path"], "rb")
-
-
 def export_file(export: PackExport, name: str) -> dict:
     """The {name, path, bytes, sha256} entry of a ready export's file, or ExportFileNotFound."""
     if export.status != PackExport.Status.READY:

@@ -192,27 +192,30 @@ def sale_status(version: PackVersion) -> SaleStatus:
     if not version.pack.is_listed:
         return SaleStatus(False, "This pack is not for sale.")
     latest = latest_version(version.pack)
-    if latest.pk != version.pk:
-        newer = sale_status(latest)
-        if newer.on_sale:
+    if latest.pk != version.pk:  # the pack is listed: the latest version is sold unless revoked from
+        if _revocation_refusal(latest):
             return SaleStatus(
-                False, f"Version {version.number} has been superseded; version {latest.number} is for sale.", latest
+                False,
+                f"Version {version.number} has been superseded by version {latest.number}, which is not sold either.",
             )
         return SaleStatus(
-            False, f"Version {version.number} has been superseded by version {latest.number}, which is not sold either."
+            False, f"Version {version.number} has been superseded; version {latest.number} is for sale.", latest
         )
+    refusal = _revocation_refusal(version)
+    return SaleStatus(False, refusal) if refusal else SaleStatus(True)
+
+
+def _revocation_refusal(version: PackVersion) -> str:
+    """Why a version is no longer sold because images were revoked from it; "" when none were (one query)."""
     reasons = set(version.revocations.values_list("reason", flat=True))
-    if reasons and reasons <= _CREATOR_REVOCATIONS:
-        return SaleStatus(
-            False, "Creators withdrew images from this version, so it is no longer sold; a new version will replace it."
-        )
-    if reasons:
-        return SaleStatus(
-            False,
-            "Images were taken out of this version after it was published (see its revocation list), so it is no "
-            "longer sold; a new version will replace it.",
-        )
-    return SaleStatus(True)
+    if not reasons:
+        return ""
+    if reasons <= _CREATOR_REVOCATIONS:
+        return "Creators withdrew images from this version, so it is no longer sold; a new version will replace it."
+    return (
+        "Images were taken out of this version after it was published (see its revocation list), so it is no "
+        "longer sold; a new version will replace it."
+    )
 
 
 def public_items(version: PackVersion) -> QuerySet[PackItem]:
@@ -254,7 +257,6 @@ def version_stats(version: PackVersion) -> dict:
     taken_down = by_reason.pop(Revocation.Reason.TAKEDOWN, 0)
     return {
         "published_items": version.item_count,
-        "revoked_items": sum(by_reason.values()) + taken_down,
         "withdrawn_items": sum(by_reason.values()),  # by their creators: the image, or consent to training
         "taken_down_items": taken_down,  # by the platform
         "creators": version.creator_count,

@@ -5,11 +5,10 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db.models import Count, F, OuterRef, Q, QuerySet, Subquery, Sum, Value
+from django.db.models import Count, F, FilteredRelation, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce, NullIf, TruncMonth
 from django.utils import timezone
 
-from marketplace.packs.models import PackItem
 from marketplace.royalties.models import Account, AllocationLine, ConnectedAccount, Entry, Payout, Transaction
 
 
@@ -84,12 +83,10 @@ def _lines_with_sold_title(lines: QuerySet[AllocationLine]) -> QuerySet[Allocati
     """Each line with `sold_title`: the image's title in the pack version that was sold (its PackItem,
     frozen at publication), not its title now. Creators rename images; what a buyer licensed keeps the
     name it had, and so does every statement of that sale. An untitled image shows its file name, as on
-    its own page."""
-    frozen_title = PackItem.objects.filter(version_id=OuterRef("version_id"), asset_id=OuterRef("asset_id")).values(
-        "title"
-    )[:1]
-    return lines.annotate(
-        sold_title=Coalesce(NullIf(Subquery(frozen_title), Value("")), F("asset__original_filename")),
+    its own page. One join on the item's unique (version, asset), not a subquery per line."""
+    sold_item = FilteredRelation("asset__pack_items", condition=Q(asset__pack_items__version=F("version")))
+    return lines.annotate(sold_item=sold_item).annotate(
+        sold_title=Coalesce(NullIf(F("sold_item__title"), Value("")), F("asset__original_filename")),
         current_title=Coalesce(NullIf(F("asset__title"), Value("")), F("asset__original_filename")),
     )
 

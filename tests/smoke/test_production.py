@@ -154,7 +154,7 @@ def confirmation_link(web_log: str, email: str) -> str | None:
     """The path of the sign-up link mailed to `email`, from the mails the console backend printed (each ends with a
     line of 79 dashes; the access log's lines between them hold such links too, as Referer, never on a line alone)."""
     for mail in reversed(web_log.split("-" * 79)):
-        found = re.search(r"^https?://[^/\s]+(/accounts/signup/confirm/[\w-]+/)$", mail, re.MULTILINE)
+        found = re.search(r"^https?://[^/\s]+(/accounts/signup/confirm/[\w.:-]+/)$", mail, re.MULTILINE)
         if found and re.search(rf"^To: {re.escape(email)}$", mail, re.MULTILINE):
             return found.group(1)
     return None
