@@ -277,6 +277,22 @@ TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 300)
 # The tiny Stable Diffusion pipeline that seed_demo builds for the demo run (the "Demo" preset).
 TRAINING_DEMO_BASE_MODEL = Path(env_str("TRAINING_DEMO_BASE_MODEL", str(VAR_DIR / "models" / "tiny-sd")))
 
+
+def _base_model_checkpoints(name: str) -> dict[str, str]:
+    """`key=checkpoint,key=checkpoint`: registry keys (training/engine/registry.py) to a hub id or a local path
+    on the workers, replacing the key's default checkpoint. training/base_models.py refuses unknown keys."""
+    checkpoints = {}
+    for entry in env_list(name):
+        key, separator, checkpoint = (part.strip() for part in entry.partition("="))
+        if not separator or not key or not checkpoint:
+            raise ImproperlyConfigured(f"{name}: each entry is key=hub-id-or-path, not {entry!r}")
+        checkpoints[key] = checkpoint
+    return checkpoints
+
+
+# Operators with local copies of base models (or other hub ids): e.g. "sdxl=/models/sdxl,flux1-dev=/models/dev".
+TRAINING_BASE_MODEL_CHECKPOINTS = _base_model_checkpoints("TRAINING_BASE_MODEL_CHECKPOINTS")
+
 # --- Demo (make run) ------------------------------------------------------------
 # On (make run): when the curation model's weights can be neither read locally nor downloaded, runall
 # starts the web and worker with a tiny CLIP trained on the demo photos instead, and says so.

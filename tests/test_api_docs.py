@@ -52,10 +52,10 @@ def test_the_schema_tells_the_truth_about_uploads_errors_and_lists(client, db):
     )
     downloads = paths["/api/pack-licences/{id}/downloads/"]["get"]["responses"]["200"]["content"]["application/json"]
     assert downloads["schema"]["type"] == "array"
-    # Launching a run needs a licence, and a preset or a base model.
+    # Launching a run needs a licence, and a preset or a base model's registry key.
     launch = components["LaunchRequest"]
     assert launch["required"] == ["licence"]
-    assert launch["anyOf"] == [{"required": ["preset"]}, {"required": ["base_model"]}]
+    assert launch["anyOf"] == [{"required": ["preset"]}, {"required": ["base_model_key"]}]
 
 
 def test_api_errors_django_answers_itself_are_json_too(client, db):

@@ -60,6 +60,13 @@ def launch_demo_run(page, server, expect, licence, *, steps: int) -> int:
     page.get_by_role("link", name="Demo (tiny model, CPU)").click()
     expect(page.locator("#id_resolution")).to_have_value("64")
     expect(page.locator("#id_licence")).to_have_value(str(licence.pk))  # kept when the preset was picked
+    # The estimated peak GPU memory of the settings, before the run starts; it follows the form.
+    expect(page.locator("#memory-peak")).to_contain_text("Estimated peak: about")
+    expect(page.locator("#memory-presets li")).to_have_count(3)
+    before = page.locator("#memory-peak").inner_text()
+    page.fill("#id_resolution", "512")
+    expect(page.locator("#memory-peak")).not_to_have_text(before)
+    page.fill("#id_resolution", "64")
     page.fill("#id_max_steps", str(steps))
     page.fill("#id_validation_prompts", "a photo of a cat")
     page.get_by_role("button", name="Queue the run").click()
@@ -77,15 +84,16 @@ def test_staff_watch_a_run_live_cancel_it_and_download_a_finished_runs_lora(
     run_id = launch_demo_run(page, server, expect, licence, steps=400)
     expect(page.locator("#run-status")).to_have_text("Running")
     expect(page.locator("#run-worker")).to_contain_text("pid")
-    expect(page.locator("#run-samples img")).to_have_count(1, timeout=90_000)  # the step-20 validation image
-    expect(page.locator("#run-samples figcaption")).to_have_text("step 20")
+    # The step-20 previews: one per prompt (the staff's and the held-out caption), more as the run goes.
+    expect(page.locator("#run-samples img").first).to_be_visible(timeout=90_000)
+    expect(page.locator("#run-samples figcaption").first).to_have_text("step 20")
     step = int(page.locator("#run-step").inner_text())
     assert 20 <= step < 400
     expect(page.locator("#run-eta")).to_have_text(_seconds())
     expect(page.locator("#run-ips")).not_to_have_text("–")
-    assert len(page.locator("#loss-curve polyline").get_attribute("points").split()) >= 2
+    assert len(page.locator("#loss-train").get_attribute("points").split()) >= 2
     expect(page.locator("#run-log")).to_contain_text("Claimed by")
-    sample = page.request.get(server.url + page.locator("#run-samples img").get_attribute("src"))
+    sample = page.request.get(server.url + page.locator("#run-samples img").first.get_attribute("src"))
     assert sample.ok and sample.headers["content-type"] == "image/png"
 
     page.get_by_role("button", name="Cancel the run").click()
@@ -101,13 +109,23 @@ def test_staff_watch_a_run_live_cancel_it_and_download_a_finished_runs_lora(
     # A short run to its end: the page reloads with the outputs.
     finished_id = launch_demo_run(page, server, expect, licence, steps=12)
     expect(page.locator("#run-status")).to_have_text("Succeeded", timeout=90_000)
-    expect(page.locator("#run-outputs a")).to_have_count(3)
+    expect(page.locator("#run-outputs a")).to_have_count(4)  # the LoRA in two formats, the grid, the card
     expect(page.locator("#run-usage tbody tr").first).not_to_contain_text("Recorded when the run ends")
-    with page.expect_download() as download:
-        page.get_by_role("link", name="pytorch_lora_weights.safetensors").click()
-    saved = tmp_path / "lora.safetensors"
-    download.value.save_as(saved)
-    assert any("lora" in name for name in load_file(str(saved)))
+    # Evaluated: the held-out loss from step 0 is charted with the training loss, the delivered step marked,
+    # and the base-vs-LoRA grid shown.
+    assert len(page.locator("#loss-validation").get_attribute("points").split()) >= 2
+    expect(page.locator("#run-evaluation tbody tr").first).to_contain_text("base model")
+    expect(page.locator("#run-evaluation tr.best")).to_have_count(1)
+    expect(page.locator("#run-grid")).to_be_visible()
+    for link, kind in (
+        ("pytorch_lora_weights.safetensors", "lora_A"),
+        ("pytorch_lora_weights_kohya.safetensors", "lora_down"),
+    ):
+        with page.expect_download() as download:
+            page.get_by_role("link", name=link, exact=True).click()
+        saved = tmp_path / link
+        download.value.save_as(saved)
+        assert any(kind in name for name in load_file(str(saved))), link
 
     # The runs list filters by status.
     page.goto(f"{server.url}/training/runs/?status=canceled")

@@ -291,7 +291,7 @@ def test_html_and_markdown_in_titles_names_and_prompts_do_not_survive_into_the_m
     prompt = "a cat | <script>x</script> [p](http://evil.example)"
     launch = {
         "licence": str(licence.pk),
-        "base_model": str(tiny_base),
+        "base_model_key": "demo",  # the tiny SD pipeline, built where TRAINING_DEMO_BASE_MODEL points
         "hyperparameters": {
             "resolution": 64, "batch_size": 1, "max_steps": 1, "validation_every": 0, "validation_steps": 1,
             "num_validation_images": 1, "checkpoint_every": 1, "validation_prompts": [prompt],
@@ -370,7 +370,7 @@ def test_a_nul_character_in_training_hyperparameters_is_a_400_not_a_database_err
     for hyperparameters in ({"validation_prompts": ["a\x00b"]}, {"note\x00": 1}, {"nested": {"deep": ["ok", "\x00"]}}):
         response = api_client(staff).post(
             "/api/training-runs/",
-            {"licence": str(licence.pk), "base_model": str(tiny_base), "hyperparameters": hyperparameters},
+            {"licence": str(licence.pk), "base_model_key": "demo", "hyperparameters": hyperparameters},
             format="json",
         )
         assert response.status_code == 400, response.content

@@ -165,7 +165,13 @@ def test_make_run_offline_trains_the_demo_pack_and_a_killed_worker_resumes(offli
     assert resumed_at, finished["log_tail"]
     assert int(resumed_at[2]) % CHECKPOINT_EVERY == 0 and 0 < int(resumed_at[2]) < STEPS
     assert f"Succeeded at step {STEPS}" in finished["log_tail"]
-    assert sum(row["times_seen"] for row in finished["usage_by_creator"]) == STEPS * 4  # batch 4, every step
+    # Evaluated: one demo photo held out, its loss measured from step 0 (the base model) at every checkpoint,
+    # the delivered weights marked, and the LoRA delivered in both formats.
+    assert finished["family"] == "sd" and len(finished["holdout_keys"]) == 1
+    evaluated = [e["step"] for e in finished["evaluations"] if e["validation_loss"] is not None]
+    assert evaluated[0] == 0 and evaluated[-1] == STEPS and len(evaluated) >= 3
+    assert [e["step"] for e in finished["evaluations"] if e.get("best")] == [finished["best_step"]]
+    assert set(finished["files"]) == {"lora", "kohya", "grid", "card"}
 
     # The same run, uninterrupted, in this process: same seed, same data, same config.
     from safetensors.torch import load_file
@@ -178,6 +184,8 @@ def test_make_run_offline_trains_the_demo_pack_and_a_killed_worker_resumes(offli
     reference = train(TrainConfig(**{**finished["config"], "device": "cpu"}), shards, tmp_path / "uninterrupted")
     resumed = load_file(next((var / "media" / "training" / str(run["id"])).glob("pytorch_lora_weights*.safetensors")))
     expected = load_file(str(reference.lora_path))
+    # The usage on record is the uninterrupted run's: nothing counted twice across the restart.
+    assert sum(row["times_seen"] for row in finished["usage_by_creator"]) == sum(reference.usage.values())
     assert resumed.keys() == expected.keys()
     for name, tensor in expected.items():
         assert (resumed[name] - tensor).abs().max() < 1e-4, name

@@ -115,6 +115,7 @@ royalties:connect-return            GET     login   ok      ok      403     403 
 training:list                       GET     login   ok      ok      ok      ok      ok
 training:launch                     GET     login   403     403     403     403     ok
 training:launch                     POST    login   403     403     403     403     ok
+training:memory                     GET     login   403     403     403     403     bad
 training:detail                     GET     login   404     404     404     ok      ok
 training:status                     GET     login   404     404     404     ok      ok
 training:cancel                     POST    login   403     403     403     403     ok

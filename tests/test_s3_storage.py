@@ -258,7 +258,7 @@ def test_a_run_checkpoints_to_the_bucket_resumes_from_it_elsewhere_and_saves_its
     settings.TRAINING_DEVICE = "cpu"
     settings.TRAINING_LEASE_SECONDS = 300
     licence = paid_licence(published, carol)
-    run = services.launch_run(actor=staff, licence=licence, base_model=str(tiny_base), **TRAINING)
+    run = services.launch_run(actor=staff, licence=licence, base_model_key="demo", **TRAINING)
 
     # The first worker stops after step 3 (as if it died there): its checkpoint is mirrored to the bucket.
     stop_at(monkeypatch, 3)
@@ -284,8 +284,10 @@ def test_a_run_checkpoints_to_the_bucket_resumes_from_it_elsewhere_and_saves_its
         f"{prefix}/samples.png",
         f"{prefix}/MODEL_CARD.md",
     )
+    assert run.kohya_lora_path == f"{prefix}/pytorch_lora_weights_kohya.safetensors"
     assert set(s3_media.keys(prefix)) == {
         run.lora_path,
+        run.kohya_lora_path,
         run.sample_grid_path,
         run.model_card_path,
         *(sample["path"] for sample in run.samples),

@@ -73,7 +73,7 @@ def test_tiny_pipeline_is_reused(tiny_base):
 
 
 def test_full_run_writes_a_lora_that_loads_and_changes_the_output(tiny_base, shard, tmp_path):
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline
     from PIL import Image
 
     steps, validations, checkpoints, logs = [], [], [], []
@@ -90,15 +90,19 @@ def test_full_run_writes_a_lora_that_loads_and_changes_the_output(tiny_base, sha
     assert [s[0] for s in steps] == list(range(1, 13)) and all(s[1] == 12 for s in steps)
     assert len(result.losses) == 12 and all(math.isfinite(loss) and loss > 0 for loss in result.losses)
     assert all(s[3] > 0 for s in steps)
-    assert sum(result.usage.values()) == 12 * 2
-    assert set(result.usage) == set(SHARD_PHOTOS)
-    assert [step for step, _ in validations] == [6, 12] and len(validations[0][1]) == 2
+    # One photo of six is held out for evaluation; the five others are each seen (almost) equally often.
+    assert len(result.holdout_keys) == 1 and set(result.usage) == set(SHARD_PHOTOS) - set(result.holdout_keys)
+    assert max(result.usage.values()) - min(result.usage.values()) <= 1
+    assert [step for step, _ in validations] == [6, 12] and len(validations[0][1]) == 2 * 2  # two prompts
     assert [step for step, _ in checkpoints] == [4, 8, 12]
     kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
-    assert kept == ["checkpoint-00000008", "checkpoint-00000012"]  # the last two
+    best = f"checkpoint-{result.best_step:08d}"
+    assert kept == sorted({best, "checkpoint-00000008", "checkpoint-00000012"})  # the last two and the best
+    assert [e["step"] for e in result.evaluations] == [0, 4, 6, 8, 12]
+    assert [e["step"] for e in result.evaluations if e["best"]] == [result.best_step]
     assert result.sample_grid_path == tmp_path / "run" / "samples.png"
     with Image.open(result.sample_grid_path) as grid:
-        assert grid.size == (2 * 64, 64)  # one prompt, two images
+        assert grid.size == (2 * 2 * 64, 2 * 64)  # a row per prompt: two base images, then two LoRA images
 
     pipeline = StableDiffusionPipeline.from_pretrained(str(tiny_base))
     pipeline.set_progress_bar_config(disable=True)
@@ -109,8 +113,7 @@ def test_full_run_writes_a_lora_that_loads_and_changes_the_output(tiny_base, sha
             "a photo of a cat", height=64, width=64, num_inference_steps=2, generator=generator, output_type="np"
         ).images
 
-    # The engine's validation images use DPM-Solver++ with the base's noise schedule.
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    # The engine's previews use the pipeline as a user loads it, with its own scheduler.
     before = generate()
     pipeline.load_lora_weights(str(result.lora_path.parent))
     after = generate()
@@ -218,9 +221,43 @@ def test_batches_stay_within_a_bucket(tiny_base, shard):
     for epoch in range(3):
         batches = run.epoch_batches(epoch)
         assert batches == run.epoch_batches(epoch)  # deterministic
-        assert all(len(batch) == 2 and len({run.sample_bucket[i] for i in batch}) == 1 for batch in batches)
-        assert {i for batch in batches for i in batch} == set(range(len(run.samples)))
+        assert all(1 <= len(batch) <= 2 and len({run.sample_bucket[i] for i in batch}) == 1 for batch in batches)
+        seen = sorted(i for batch in batches for i in batch)
+        assert seen == sorted(run.train_indices)  # each training sample exactly once per epoch
     assert run.epoch_batches(0) != run.epoch_batches(1)
+    assert not set(run.holdout) & set(run.train_indices) and len(run.holdout) == 1
+
+
+def test_every_image_is_seen_equally_often_whatever_its_bucket(tiny_base, tmp_path):
+    """Usage counts pay creators: a lone square photo among wide and tall ones is seen as often as each of them
+    (before, padding its bucket's batch with repeats showed it batch_size times per epoch)."""
+    import io
+    import tarfile
+
+    from marketplace.core.photos import load_photo
+
+    shapes = {
+        "square": (96, 96),
+        **{f"wide{i}": (128, 72) for i in range(5)},
+        **{f"tall{i}": (72, 128) for i in range(3)},
+    }
+    photos = ["astronaut", "coffee", "chelsea", "rocket", "motorcycle", "hubble", "astronaut", "coffee", "chelsea"]
+    shard = tmp_path / "uneven.tar"
+    with tarfile.open(shard, "w") as tar:
+        for (key, size), photo in zip(shapes.items(), photos, strict=True):
+            image = load_photo(photo).convert("RGB").resize(size)
+            buffer = io.BytesIO()
+            image.save(buffer, "JPEG", quality=85)
+            for name, payload in ((f"{key}.jpg", buffer.getvalue()), (f"{key}.txt", f"a photo, {key}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    config = _config(tiny_base, batch_size=4, max_steps=9, holdout_fraction=0, checkpoint_every=9)
+    result = train(config, [shard], tmp_path / "run")
+    assert set(result.usage) == set(shapes)
+    # 9 images in buckets of 1, 5 and 3: an epoch is 4 batches; 9 steps are 2 epochs and a quarter.
+    assert max(result.usage.values()) - min(result.usage.values()) <= 1, result.usage
+    assert sum(result.usage.values()) >= 2 * len(shapes)
 
 
 def test_missing_base_model_is_reported_quickly(tmp_path, shard, monkeypatch):
@@ -339,10 +376,28 @@ def test_text_encoder_lora_with_accumulation_and_cosine(tiny_base, shard, tmp_pa
         caption_dropout=0.5,
     )
     result = train(config, [shard], tmp_path)
-    assert result.final_step == 3 and sum(result.usage.values()) == 3 * 2 * 2
+    assert result.final_step == 3 and max(result.usage.values()) - min(result.usage.values()) <= 1
     weights = _lora(tmp_path)
     assert any(name.startswith("text_encoder.") for name in weights)
     assert any(name.startswith("unet.") for name in weights)
     pipeline = StableDiffusionPipeline.from_pretrained(str(tiny_base))
     pipeline.load_lora_weights(str(tmp_path))
     assert pipeline.get_list_adapters() == {"unet": ["default_0"], "text_encoder": ["default_0"]}
+
+
+def test_running_out_of_gpu_memory_fails_with_the_preset_that_fits(tiny_base, shard, tmp_path, monkeypatch):
+    """A CUDA out-of-memory error (simulated: this machine has no GPU) ends the run with advice: the estimate for
+    its settings and the settings that fit a card of its size."""
+    from training.engine import train as engine
+    from training.engine.families.sd import StableDiffusionFamily
+    from training.engine.train import TrainingOutOfMemory
+
+    def out_of_memory(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(StableDiffusionFamily, "loss", out_of_memory)
+    monkeypatch.setattr(engine, "gpu_memory_gb", lambda device: 24.0)
+    with pytest.raises(TrainingOutOfMemory) as raised:
+        train(_config(tiny_base, resolution=64, batch_size=2), [shard], tmp_path)
+    message = str(raised.value)
+    assert "ran out of memory on a 24 GB GPU" in message and "Settings that fit this card: 24 GB" in message

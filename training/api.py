@@ -26,9 +26,10 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     class Meta:
         model = TrainingRun
         fields = [
-            "id", "licence", "pack", "version", "base_model", "config", "status", "step", "total_steps",
-            "images_per_second", "created_at", "started_at", "finished_at", "worker_host", "cancel_requested_at",
-            "cancel_reason", "error", "log_tail", "losses", "page_url", "files", "usage_by_creator",
+            "id", "licence", "pack", "version", "base_model_key", "base_model", "config", "status", "step",
+            "total_steps", "images_per_second", "created_at", "started_at", "finished_at", "worker_host",
+            "cancel_requested_at", "cancel_reason", "error", "log_tail", "losses", "family", "holdout_keys",
+            "evaluations", "best_step", "page_url", "files", "usage_by_creator",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -41,7 +42,11 @@ class TrainingRunSerializer(serializers.ModelSerializer):
     def get_files(self, run) -> dict[str, str]:
         if run.status != TrainingRun.Status.SUCCEEDED:
             return {}
-        return {kind: self._url("training:file", run.pk, kind) for kind in OUTPUT_FILES}
+        return {
+            kind: self._url("training:file", run.pk, kind)
+            for kind, spec in OUTPUT_FILES.items()
+            if getattr(run, spec[0])
+        }
 
     def get_usage_by_creator(self, run) -> list[dict]:
         return selectors.usage_by_creator(run)
@@ -50,9 +55,16 @@ class TrainingRunSerializer(serializers.ModelSerializer):
 class LaunchSerializer(serializers.Serializer):
     licence = serializers.UUIDField()
     preset = serializers.CharField(
-        required=False, help_text="A preset's key (sd15, sdxl, demo): its base model and hyperparameters."
+        required=False,
+        help_text="A preset's key (a base model's, e.g. sd15, sdxl, flux1-dev, demo): that base model with the "
+        "hyperparameters the registry recommends for it.",
     )
-    base_model = serializers.CharField(max_length=500, required=False, help_text="Required without a preset.")
+    base_model_key = serializers.CharField(
+        max_length=100,
+        required=False,
+        help_text="A base model's key in the registry (e.g. sd15, sdxl, flux1-schnell); required without a preset. "
+        "A pack licensed for commercial models needs a base model whose licence allows commercial use.",
+    )
     hyperparameters = serializers.DictField(
         required=False, help_text="TrainConfig fields; they override the preset's; omitted ones default."
     )
@@ -79,22 +91,22 @@ class LaunchSerializer(serializers.Serializer):
                 raise serializers.ValidationError(
                     {"preset": f"Unknown preset {data['preset']!r}; these exist: {keys}."}
                 )
-        base_model = data.get("base_model") or (preset.base_model if preset else "")
-        if not base_model:
-            raise serializers.ValidationError({"base_model": "Name a base model, or a preset."})
-        data["base_model"] = base_model
+        base_model_key = data.get("base_model_key") or (preset.base_model_key if preset else "")
+        if not base_model_key:
+            raise serializers.ValidationError({"base_model_key": "Name a base model (its key), or a preset."})
+        data["base_model_key"] = base_model_key
         data["hyperparameters"] = {**(preset.values if preset else {}), **data.get("hyperparameters", {})}
         return data
 
 
 class LaunchSchema(OpenApiSerializerExtension):
-    """The launch body needs a preset or a base model (or both): the schema says so, not only the prose."""
+    """The launch body needs a preset or a base model's key (or both): the schema says so, not only the prose."""
 
     target_class = LaunchSerializer
 
     def map_serializer(self, auto_schema, direction):
         schema = auto_schema._map_basic_serializer(self.target, direction)
-        schema["anyOf"] = [{"required": ["preset"]}, {"required": ["base_model"]}]
+        schema["anyOf"] = [{"required": ["preset"]}, {"required": ["base_model_key"]}]
         return schema
 
 
@@ -121,7 +133,7 @@ class TrainingRunViewSet(IdLookupMixin, mixins.CreateModelMixin, viewsets.ReadOn
         run = services.launch_run(
             actor=request.user,
             licence=licence,
-            base_model=launch.validated_data["base_model"],
+            base_model_key=launch.validated_data["base_model_key"],
             **launch.validated_data["hyperparameters"],
         )
         return Response(self.get_serializer(run).data, status=status.HTTP_201_CREATED)

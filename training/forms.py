@@ -1,9 +1,22 @@
 from django import forms
 
 from marketplace.commerce.models import PackLicence
+from training import base_models
+from training.engine.families.flow import LOSS_WEIGHTINGS, TIMESTEP_DENSITIES
 from training.engine.train import LR_SCHEDULERS, MIXED_PRECISION, TrainConfig
 
 DEFAULTS = TrainConfig(base_model="-")
+
+
+def base_model_choices() -> list[tuple[str, str]]:
+    """The base models that can be launched here, each with its family, licence and commercial use."""
+    choices = [("", "Pick a base model")]
+    for entry in base_models.available_base_models():
+        commercial = "commercial use " + ("allowed" if entry.commercial_use else "not allowed")
+        if entry.licence.commercial_condition:
+            commercial += ", on a condition"
+        choices.append((entry.key, f"{entry.label} · {entry.model.family} · {entry.licence.name} · {commercial}"))
+    return choices
 
 
 class LaunchForm(forms.Form):
@@ -13,8 +26,10 @@ class LaunchForm(forms.Form):
         queryset=PackLicence.objects.filter(revoked_at__isnull=True).select_related("buyer", "version__pack"),
         help_text="The buyer's licence of a pack version: no licence, no run.",
     )
-    base_model = forms.CharField(
-        max_length=500, help_text="A diffusers model id (e.g. runwayml/stable-diffusion-v1-5) or a local directory."
+    base_model_key = forms.ChoiceField(
+        choices=base_model_choices,
+        label="Base model",
+        help_text="Its licence must allow commercial use when the pack's does: the table above says which do.",
     )
     train_text_encoder = forms.BooleanField(required=False, initial=DEFAULTS.train_text_encoder,
                                             label="Train the text encoder too")  # fmt: skip
@@ -38,22 +53,41 @@ class LaunchForm(forms.Form):
     validation_prompts = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 3}),
-        help_text="One per line. Empty: the first captions of the data.",
+        help_text="One per line, previewed with fixed seeds besides the held-out captions.",
     )
     validation_every = forms.IntegerField(initial=DEFAULTS.validation_every, label="Validation interval (steps)",
                                           help_text="0: validation images only at the end.")  # fmt: skip
     num_validation_images = forms.IntegerField(initial=DEFAULTS.num_validation_images,
                                                label="Validation images per prompt")  # fmt: skip
-    validation_steps = forms.IntegerField(initial=DEFAULTS.validation_steps, label="Validation denoising steps")
-    validation_guidance = forms.FloatField(initial=DEFAULTS.validation_guidance, label="Validation guidance scale")
+    validation_steps = forms.IntegerField(required=False, initial=DEFAULTS.validation_steps,
+                                          label="Validation denoising steps",
+                                          help_text="Empty: the family's usual (schnell 4, SD 25).")  # fmt: skip
+    validation_guidance = forms.FloatField(required=False, initial=DEFAULTS.validation_guidance,
+                                           label="Validation guidance scale",
+                                           help_text="Empty: the family's usual value.")  # fmt: skip
+    holdout_fraction = forms.FloatField(initial=DEFAULTS.holdout_fraction, label="Held-out fraction",
+                                        help_text="Of the pack, set aside to evaluate on (0 to 0.5).")  # fmt: skip
     checkpoint_every = forms.IntegerField(initial=DEFAULTS.checkpoint_every, label="Checkpoint interval (steps)")
-    compile = forms.BooleanField(required=False, initial=DEFAULTS.compile, label="torch.compile the UNet",
+    compile = forms.BooleanField(required=False, initial=DEFAULTS.compile, label="torch.compile the denoiser",
                                  help_text="Faster long runs on a GPU, after a few minutes of compiling.")  # fmt: skip
+    # Flow-matching families (FLUX, SD3, Qwen-Image, Z-Image, Chroma); Stable Diffusion ignores these.
+    timestep_density = forms.ChoiceField(choices=[(d, d) for d in TIMESTEP_DENSITIES],
+                                         initial=DEFAULTS.timestep_density,
+                                         help_text="Flow matching: how training times are drawn.")  # fmt: skip
+    logit_mean = forms.FloatField(initial=DEFAULTS.logit_mean, help_text="Flow matching: of the logit-normal density.")
+    logit_std = forms.FloatField(initial=DEFAULTS.logit_std, help_text="Flow matching: of the logit-normal density.")
+    mode_scale = forms.FloatField(initial=DEFAULTS.mode_scale, help_text="Flow matching: of the mode density.")
+    loss_weighting = forms.ChoiceField(choices=[(w, w) for w in LOSS_WEIGHTINGS], initial=DEFAULTS.loss_weighting,
+                                       help_text="Flow matching: the loss's weighting by noise level.")  # fmt: skip
+    timestep_shift = forms.FloatField(required=False, initial=DEFAULTS.timestep_shift,
+                                      help_text="Flow matching: empty for the base model's own shift.")  # fmt: skip
+    guidance = forms.FloatField(initial=DEFAULTS.guidance, label="Guidance embedding while training",
+                                help_text="Guidance-distilled models (FLUX.1 [dev]) only.")  # fmt: skip
 
     def hyperparameters(self) -> dict:
         data = dict(self.cleaned_data)
         data.pop("licence")
-        data.pop("base_model")
+        data.pop("base_model_key")
         data["validation_prompts"] = [line.strip() for line in data["validation_prompts"].splitlines() if line.strip()]
         return data
 

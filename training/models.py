@@ -16,7 +16,14 @@ class TrainingRun(models.Model):
 
     licence = models.ForeignKey("commerce.PackLicence", on_delete=models.PROTECT, related_name="training_runs")
     launched_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    base_model = models.CharField(max_length=500, help_text="A diffusers model id or a local directory.")
+    base_model = models.CharField(
+        max_length=500, help_text="The checkpoint trained from: a diffusers model id or a local directory."
+    )
+    base_model_key = models.CharField(
+        max_length=100,
+        blank=True,
+        help_text="The base model's key in training/engine/registry.py (its licence); blank for runs before it.",
+    )
     config = models.JSONField(help_text="The engine's TrainConfig fields.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.QUEUED, db_index=True)
     step = models.PositiveIntegerField(default=0)
@@ -40,7 +47,21 @@ class TrainingRun(models.Model):
     checkpoint_path = models.CharField(
         max_length=500, blank=True, help_text="The latest checkpoint (a tar in media storage) to resume from."
     )
+    family = models.CharField(max_length=40, blank=True, help_text="The base model's family, as the engine told it.")
+    holdout_keys = models.JSONField(
+        default=list, blank=True, help_text="The pack items set aside for evaluation (fixed by the seed)."
+    )
+    evaluations = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="[{step, validation_loss, metrics: {lora, base}, best}]: the held-out loss from step 0 and the "
+        "previews' scores.",
+    )
+    best_step = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The delivered LoRA's step: the lowest held-out loss."
+    )
     lora_path = models.CharField(max_length=500, blank=True)
+    kohya_lora_path = models.CharField(max_length=500, blank=True, help_text="The LoRA in kohya / ComfyUI key format.")
     sample_grid_path = models.CharField(max_length=500, blank=True)
     model_card_path = models.CharField(max_length=500, blank=True)
 

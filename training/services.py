@@ -27,7 +27,8 @@ from django.utils import timezone
 
 from marketplace.commerce.models import PackLicence
 from marketplace.packs.models import PackExport, PackItem
-from training import selectors
+from training import base_models, selectors
+from training.engine import registry
 from training.engine.train import ConfigError as EngineConfigError
 from training.engine.train import TrainConfig
 from training.models import TrainingRun, TrainingUsage
@@ -85,14 +86,49 @@ def _webdataset_export(licence: PackLicence) -> PackExport:
     return export
 
 
-def launch_run(*, actor, licence: PackLicence, base_model: str, **hyperparameters) -> TrainingRun:
-    """Queue a LoRA run on the licence's pack version. No licence, no run."""
+def _base_model_for(licence: PackLicence, key: str) -> base_models.ConfiguredBaseModel:
+    """The base model `key` as configured here, if it can be launched and its licence suits the pack's."""
+    key = (key or "").strip()
+    available = base_models.available_base_models()
+    configured = next((entry for entry in available if entry.key == key), None)
+    if configured is None:
+        known = registry.get(key)
+        if known is not None and known.demo:
+            reason = (
+                f"The demo model {key!r} ({known.label}) is not built on this machine; "
+                f"marketplace.core.demo_models.build_demo_model({known.family!r}) builds it."
+            )
+        else:
+            reason = f"Unknown base model {key!r}." if key else "Pick a base model."
+        raise ValidationError(
+            {"base_model_key": [f"{reason} These can be trained here: {', '.join(e.key for e in available)}."]}
+        )
+    if base_models.pack_is_commercial(licence) and not configured.commercial_use:
+        allowed = ", ".join(f"{e.label} ({e.key})" for e in available if e.commercial_use)
+        pack_use = base_models.pack_use_label(licence)
+        raise ValidationError(
+            {
+                "base_model_key": [
+                    f"{configured.label} is licensed under the {configured.licence.name}, which does not allow "
+                    f"commercial use, but the pack licence of {licence.version} ({pack_use}) "
+                    "is for commercial models: a LoRA trained on it would be used commercially. "
+                    f"Base models whose licences allow commercial use: {allowed}."
+                ]
+            }
+        )
+    return configured
+
+
+def launch_run(*, actor, licence: PackLicence, base_model_key: str, **hyperparameters) -> TrainingRun:
+    """Queue a LoRA run on the licence's pack version, on the registry's base model `base_model_key` (trained
+    from the checkpoint configured for it). No licence, no run; a commercial pack needs a commercial base model."""
     if not (actor.is_authenticated and actor.is_staff):
         raise PermissionDenied("Only staff launch training runs.")
     if licence is None or not licence.is_active:
         raise ValidationError("No licence, no run: this licence is revoked." if licence else "No licence, no run.")
+    base_model = _base_model_for(licence, base_model_key)
     _webdataset_export(licence)
-    config = build_config(base_model, **hyperparameters)
+    config = build_config(base_model.checkpoint, **hyperparameters)
     stored = asdict(config)
     stored.pop("device")
     stored["validation_prompts"] = list(config.validation_prompts)
@@ -104,11 +140,12 @@ def launch_run(*, actor, licence: PackLicence, base_model: str, **hyperparameter
             licence=licence,
             launched_by=actor,
             base_model=config.base_model,
+            base_model_key=base_model.key,
             config=stored,
             total_steps=config.max_steps,
         )
         transaction.on_commit(lambda: _enqueue(run.pk))
-    logger.info("training run %s queued on %s by %s", run.pk, licence, actor)
+    logger.info("training run %s queued on %s by %s (base model %s)", run.pk, licence, actor, base_model.key)
     return run
 
 
@@ -284,6 +321,17 @@ def _extract_checkpoint(path: str, target: Path) -> None:
         raise ValueError(f"The run's checkpoint in storage ({path}) cannot be restored: {error}") from error
 
 
+def _rounded(value):
+    """An evaluation record for the database: floats to 6 significant digits, the rest as it is."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item) for item in value]
+    return value
+
+
 def _thin(points: list) -> list:
     while len(points) > MAX_LOSS_POINTS:
         points = points[:-1:2] + points[-1:]
@@ -299,6 +347,7 @@ class _Progress:
         self.lines: deque[str] = deque(run.log_tail.splitlines(), maxlen=LOG_LINES)
         self.losses: list = list(run.losses)
         self.samples: list = list(run.samples)
+        self.evaluations: list = list(run.evaluations)
         self.step = run.step
         self.images_per_second = run.images_per_second
         self.saved_at = 0.0
@@ -327,6 +376,12 @@ class _Progress:
             name = f"{prefix}/samples/step-{step:08d}-{number}.png"
             name = default_storage.save(name, ContentFile(buffer.getvalue()))
             self.samples.append({"step": step, "path": name})
+        self.save(force=True)
+
+    def on_evaluation(self, record: dict) -> None:
+        """The held-out loss (and the previews' scores) at a step: the run page charts it while the run trains."""
+        self.evaluations = [e for e in self.evaluations if e["step"] != record["step"]] + [_rounded(record)]
+        self.evaluations.sort(key=lambda e: e["step"])
         self.save(force=True)
 
     def on_checkpoint(self, step: int, folder: Path) -> None:
@@ -368,6 +423,7 @@ class _Progress:
             images_per_second=self.images_per_second,
             losses=self.losses,
             samples=self.samples,
+            evaluations=self.evaluations,
             log_tail="\n".join(self.lines),
             heartbeat_at=timezone.now(),
             **extra,
@@ -428,6 +484,23 @@ def _record_usage(run: TrainingRun, usage: dict[str, int]) -> None:
     )
 
 
+def _evaluator(progress: _Progress):
+    """The curation CLIP model as the engine's image/text feature model (CLIP score, Fréchet distance of the
+    previews), or None, said in the run's log, when its weights cannot be had on this worker."""
+    from marketplace.curation import services as curation
+    from marketplace.curation.engine import clip
+    from training.engine.evaluation import Encoder
+
+    spec = curation.model_spec()
+    try:
+        clip.check_weights(spec)
+        loaded = clip.load_model(spec)
+    except Exception as error:  # noqa: BLE001 - evaluation is optional: the run trains without image scores
+        progress.log(f"Previews are not scored: the curation CLIP model cannot be loaded ({error})")
+        return None
+    return Encoder(curation.model_identity(), loaded.embed_images, loaded.embed_texts)
+
+
 def execute_run(run_id: int) -> str:
     """Train the run on this worker, resuming from its checkpoints in TRAINING_WORK_DIR. Idempotent: a
     finished run is left alone, and a run another worker is training (live lease) is refused."""
@@ -447,12 +520,13 @@ def execute_run(run_id: int) -> str:
             should_stop=progress.should_stop,
             on_validation=progress.on_validation,
             on_checkpoint=progress.on_checkpoint,
+            on_evaluation=progress.on_evaluation,
             log=progress.log,
         )
         with _Heartbeat(run, progress):
             data = _copy_data(run, folder / "data")
             _restore_checkpoint(run, folder / "output" / "checkpoints", progress)
-            result = train(config, data, folder / "output", callbacks=callbacks)
+            result = train(config, data, folder / "output", callbacks=callbacks, evaluator=_evaluator(progress))
         if progress.lease_lost:
             return Outcome.LEASE_LOST
         if result.stopped:
@@ -467,16 +541,26 @@ def execute_run(run_id: int) -> str:
                 return Outcome.LEASE_LOST
             _record_usage(run, result.usage)
             lora = _save_output(run, result.lora_path, result.lora_path.name)
+            kohya = (
+                _save_output(run, result.kohya_lora_path, result.kohya_lora_path.name) if result.kohya_lora_path else ""
+            )
+            run.kohya_lora_path = kohya
             grid = _save_output(run, result.sample_grid_path, "samples.png")
+            run.evaluations, run.best_step, run.holdout_keys = result.evaluations, result.best_step, result.holdout_keys
             card = _write_model_card(run, result)
             progress.step = result.final_step
             progress.losses = _thin([[number + 1, round(loss, 6)] for number, loss in enumerate(result.losses)])
+            progress.evaluations = [_rounded(record) for record in result.evaluations]
             progress.log(f"Succeeded at step {result.final_step}.")
             progress.save(
                 force=True,
                 status=TrainingRun.Status.SUCCEEDED,
                 finished_at=timezone.now(),
+                family=result.family,
+                holdout_keys=result.holdout_keys,
+                best_step=result.best_step,
                 lora_path=lora,
+                kohya_lora_path=kohya,
                 sample_grid_path=grid,
                 model_card_path=card,
                 checkpoint_path="",

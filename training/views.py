@@ -13,13 +13,15 @@ from marketplace.commerce.models import PackLicence
 from marketplace.core.decorators import staff_required
 from marketplace.core.storage import download_redirect
 from marketplace.packs.models import Pack
-from training import presets, selectors, services
+from training import base_models, presets, selectors, services
+from training.engine import registry
 from training.forms import LaunchForm
 from training.models import TrainingRun
 
 # kind -> (model field, download name, as attachment)
 OUTPUT_FILES = {
     "lora": ("lora_path", "pytorch_lora_weights.safetensors", True),
+    "kohya": ("kohya_lora_path", "pytorch_lora_weights_kohya.safetensors", True),
     "grid": ("sample_grid_path", "samples.png", False),
     "card": ("model_card_path", "MODEL_CARD.md", True),
 }
@@ -52,7 +54,7 @@ def launch(request):
                 run = services.launch_run(
                     actor=request.user,
                     licence=form.cleaned_data["licence"],
-                    base_model=form.cleaned_data["base_model"],
+                    base_model_key=form.cleaned_data["base_model_key"],
                     **form.hyperparameters(),
                 )
             except ValidationError as error:
@@ -70,7 +72,12 @@ def launch(request):
     return render(
         request,
         "training/launch.html",
-        {"form": form, "presets": presets.available_presets(), "licence_id": request.GET.get("licence", "")},
+        {
+            "form": form,
+            "presets": presets.available_presets(),
+            "base_models": base_models.available_base_models(),
+            "licence_id": request.GET.get("licence", ""),
+        },
     )
 
 
@@ -101,6 +108,8 @@ def _status(run: TrainingRun) -> dict:
         "error": run.error,
         "log_tail": run.log_tail,
         "losses": run.losses,
+        "evaluations": run.evaluations,
+        "chart": loss_chart(run.losses, _validation_points(run)),
         "samples": [
             {"step": sample["step"], "url": reverse("training:sample", args=[run.pk, "sample", index])}
             for index, sample in enumerate(run.samples)
@@ -110,18 +119,73 @@ def _status(run: TrainingRun) -> dict:
     }
 
 
-def loss_curve_svg(losses: list, width: int = 600, height: int = 160) -> str:
-    """A polyline of [[step, loss], ...] in a width x height box (empty without two points)."""
-    if len(losses) < 2:
-        return ""
-    steps = [point[0] for point in losses]
-    values = [point[1] for point in losses]
-    low, high = min(values), max(values)
-    span_x, span_y = (max(steps) - min(steps)) or 1, (high - low) or 1
-    points = " ".join(
-        f"{(s - min(steps)) / span_x * width:.1f},{height - (v - low) / span_y * height:.1f}" for s, v in losses
-    )
-    return points
+def _validation_points(run: TrainingRun) -> list:
+    return [[e["step"], e["validation_loss"]] for e in run.evaluations if e.get("validation_loss") is not None]
+
+
+def loss_chart(losses: list, validation: list, width: int = 600, height: int = 160) -> dict:
+    """Polylines of the training loss and the held-out loss ([[step, loss], ...] each) on shared axes in a
+    width x height box, and the axes' ranges. Drawn here only: the page's script sets these points as the run
+    goes."""
+    points = losses + validation
+    if not points:
+        return {"train": "", "validation": "", "steps": [0, 0], "range": None}
+    steps = [point[0] for point in points]
+    values = [point[1] for point in points]
+    first, last, low, high = min(steps), max(steps), min(values), max(values)
+    span_x, span_y = (last - first) or 1, (high - low) or 1
+
+    def line(series: list) -> str:
+        if len(series) < 2:
+            return ""
+        return " ".join(
+            f"{(s - first) / span_x * width:.1f},{height - (v - low) / span_y * height:.1f}" for s, v in series
+        )
+
+    return {"train": line(losses), "validation": line(validation), "steps": [first, last], "range": [low, high]}
+
+
+def _evaluation_rows(run: TrainingRun) -> list[dict]:
+    """The run page's evaluation table: a row per evaluated step, the base model's previews' scores first."""
+    rows = []
+    for record in run.evaluations:
+        metrics = record.get("metrics") or {}
+        if metrics.get("base") and not any(row["label"] == "base model" for row in rows):
+            rows.append({"label": "base model", "loss": None, **_scores(metrics["base"]), "best": False})
+        label = "base model (step 0)" if record["step"] == 0 else f"step {record['step']}"
+        rows.append(
+            {"label": label, "loss": record.get("validation_loss"), **_scores(metrics.get("lora") or {}),
+             "best": bool(record.get("best")) or (run.best_step is not None and record["step"] == run.best_step)}
+        )  # fmt: skip
+    return rows
+
+
+def _scores(metrics: dict) -> dict:
+    return {"clip_score": metrics.get("clip_score"), "fid": metrics.get("fid_clip")}
+
+
+@staff_required
+@require_GET
+def memory_estimate(request):
+    """The launch form's settings -> the estimated peak GPU memory and a preset per card size (JSON)."""
+    configured = base_models.available_base_model(request.GET.get("base_model_key", ""))
+    if configured is None:
+        return JsonResponse({"error": "Choose a base model."}, status=400)
+    form = LaunchForm()
+    values = {}
+    for name in services.LAUNCH_FIELDS:
+        field = form.fields.get(name)
+        if field is None or name == "validation_prompts" or request.GET.get(name, "") == "":
+            continue
+        try:
+            values[name] = field.clean(request.GET[name])
+        except ValidationError as error:
+            return JsonResponse({"error": f"{field.label or name}: {' '.join(error.messages)}"}, status=400)
+    try:
+        config = services.build_config(configured.checkpoint, **values)
+    except ValidationError as error:
+        return JsonResponse({"error": " ".join(error.messages)}, status=400)
+    return JsonResponse(base_models.memory_estimate(configured, config))
 
 
 @login_required
@@ -133,9 +197,9 @@ def run_detail(request, pk):
         "training/detail.html",
         {
             "run": run,
+            "registered_model": registry.get(run.base_model_key),
             "state": _status(run),
-            "loss_points": loss_curve_svg(run.losses),
-            "losses_range": (min(p[1] for p in run.losses), max(p[1] for p in run.losses)) if run.losses else None,
+            "evaluation_rows": _evaluation_rows(run),
             "creators": selectors.usage_by_creator(run),
             "outputs": [(kind, spec[1]) for kind, spec in OUTPUT_FILES.items() if getattr(run, spec[0])]
             if run.status == TrainingRun.Status.SUCCEEDED

@@ -91,3 +91,126 @@ def build_clip_tokenizer(folder: Path):
 
     write_clip_tokenizer_files(folder)
     return CLIPTokenizer.from_pretrained(str(folder))
+
+
+# --- T5 and Qwen tokenizers, made offline (tiny models of the flow-matching families) --------------------------
+#
+# Real base models ship their tokenizers; tiny test and demo models need ones that load through the same
+# `from_pretrained(folder)` calls (T5TokenizerFast for Flux, SD3 and Chroma's T5; Qwen2Tokenizer with a chat
+# template for Qwen-Image, Z-Image and Flux.2 klein). Both are derived from the CLIP vocabulary above, so they
+# tokenize English into real sub-words, and hold SMALL_VOCAB_SIZE tokens so the tiny encoders stay tiny.
+
+SMALL_VOCAB_SIZE = 1024
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<think>",
+    "</think>",
+)
+# Qwen's chat format, as the Qwen2.5/Qwen3 tokenizers' templates render a conversation (no tools).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+
+def _small_merges(count: int) -> list[str]:
+    """The first CLIP merges whose parts and result are inside a word (no end-of-word marker)."""
+    _, merges = _vocab_and_merges()
+    return [merge for merge in merges if "</w>" not in merge][:count]
+
+
+def _save_fast_tokenizer(tokenizer, folder: Path, tokenizer_class: str, **config) -> None:
+    from transformers import PreTrainedTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, **config)
+    fast.save_pretrained(str(folder))
+    config_path = folder / "tokenizer_config.json"
+    saved = json.loads(config_path.read_text())
+    saved["tokenizer_class"] = tokenizer_class
+    temporary = folder / ".tokenizer_config.json.tmp"
+    temporary.write_text(json.dumps(saved, ensure_ascii=False))
+    os.replace(temporary, config_path)
+
+
+def write_t5_tokenizer_files(folder: Path, *, max_length: int = 77) -> None:
+    """A T5-style tokenizer (SentencePiece-like Unigram over "▁"-prefixed pieces, </s> appended, <pad> = 0)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    byte_symbols = sorted({s for s in _bytes_to_unicode().values() if s.isascii() and s.isprintable()})
+    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -2.0)]
+    pieces += [(symbol, -10.0) for symbol in byte_symbols]
+    pieces += [("▁" + symbol, -9.0) for symbol in byte_symbols]
+    seen = {piece for piece, _ in pieces}
+    for number, merge in enumerate(_small_merges(4 * SMALL_VOCAB_SIZE)):
+        symbol = "".join(merge.split())
+        for piece in (symbol, "▁" + symbol):
+            if len(pieces) < SMALL_VOCAB_SIZE and piece not in seen:
+                pieces.append((piece, -1.0 - number / 1000))
+                seen.add(piece)
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace("  ", " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    _save_fast_tokenizer(
+        tokenizer,
+        folder,
+        "T5TokenizerFast",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=max_length,
+    )
+
+
+def build_t5_tokenizer(folder: Path, *, max_length: int = 77):
+    from transformers import AutoTokenizer
+
+    write_t5_tokenizer_files(folder, max_length=max_length)
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def write_qwen_tokenizer_files(folder: Path, *, max_length: int = 512) -> None:
+    """A Qwen2-style byte-level BPE tokenizer with Qwen's special tokens and chat template."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    symbols = list(_bytes_to_unicode().values())
+    merges = []
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    for merge in _small_merges(4 * SMALL_VOCAB_SIZE):
+        if len(vocab) >= SMALL_VOCAB_SIZE - len(QWEN_SPECIAL_TOKENS):
+            break
+        left, right = merge.split()
+        if left in vocab and right in vocab and left + right not in vocab:
+            vocab[left + right] = len(vocab)
+            merges.append((left, right))
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in QWEN_SPECIAL_TOKENS])
+    _save_fast_tokenizer(
+        tokenizer,
+        folder,
+        "Qwen2Tokenizer",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        model_max_length=max_length,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+
+
+def build_qwen_tokenizer(folder: Path, *, max_length: int = 512):
+    from transformers import AutoTokenizer
+
+    write_qwen_tokenizer_files(folder, max_length=max_length)
+    return AutoTokenizer.from_pretrained(str(folder))

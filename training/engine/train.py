@@ -1,17 +1,26 @@
-"""LoRA fine-tuning of a Stable Diffusion 1.x/2.x or SDXL UNet (optionally its text encoders) on a pack's samples.
+"""LoRA fine-tuning of a diffusion model on a pack's samples: one loop for every model family.
 
-The family is told by the base pipeline's model_index.json. SDXL conditions the UNet on both text encoders'
-penultimate hidden states side by side, on text_encoder_2's pooled embedding, and on "time ids" (each image's
-original size, the top-left corner of its crop and the target bucket size), as diffusers'
-train_text_to_image_lora_sdxl.py does.
+The family (SD 1.x/2.x, SDXL, FLUX.1, Flux.2 klein, SD3.5, Qwen-Image, Z-Image, Chroma) is told by the base
+pipeline's model_index.json; its specifics (loading, encoding, noise schedule and loss, sampling, saving) live
+in one small module of `families/`. This loop owns the rest:
 
-VAE latents and text embeddings are computed once and cached on disk (keyed by content hash), images are
-bucketed by aspect ratio, and checkpoints (LoRA weights, optimizer, LR scheduler, RNG states, step and data
-position) are written atomically so that a run resumes exactly where it stopped.
+- a held-out slice of the pack (fixed by the seed, recorded in the result) is set aside before training;
+- VAE latents and prompt embeddings are computed once and cached on disk (keyed by content hash), then the
+  big text encoders are released before the denoiser trains;
+- images are bucketed by aspect ratio, and every training image is seen once per epoch whatever its bucket
+  (a bucket's last batch is smaller rather than padded with repeats), so usage counts are fair;
+- at every checkpoint the held-out validation loss is measured at fixed times and noise (comparable across
+  checkpoints and runs); previews of fixed prompts with fixed seeds are made by the inference pipeline, base
+  model and LoRA side by side, and scored (CLIP score, Frechet distance on CLIP features) when an evaluator
+  is given; the checkpoint with the lowest held-out loss is the delivered LoRA;
+- checkpoints (LoRA weights, optimizer, LR scheduler, RNG states, step, data position, evaluations) are written
+  atomically, so a run resumes exactly where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import io
 import json
@@ -30,34 +39,28 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .data import Sample, bucket_multiple, bucket_sizes, nearest_bucket, read_samples
+from .families import Family, ImageGeometry, ModelUnavailable, available_families, family_of_folder
+from .families.base import HUB_IGNORE
+from .families.flow import LOSS_WEIGHTINGS, TIMESTEP_DENSITIES
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 SAMPLES_NAME = "samples.png"
-UNET_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
-TEXT_ENCODER_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "out_proj"]
 LR_SCHEDULERS = ("constant", "cosine", "linear", "constant_with_warmup")
 MIXED_PRECISION = ("bf16", "fp16", "no")
-KEEP_CHECKPOINTS = 2
+KEEP_CHECKPOINTS = 2  # the latest ones; the best (lowest held-out loss) is kept besides
 MAX_GRAD_NORM = 1.0
 HUB_PROBE_SECONDS = 3.0
-# Files fetched for a hub model id: the pipeline's configs, tokenizer and safetensors weights only.
-HUB_PATTERNS = [
-    "model_index.json",
-    "*/config.json",
-    "scheduler/scheduler_config.json",
-    "tokenizer/*",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/diffusion_pytorch_model.safetensors",
-    "text_encoder/model.safetensors",
-    "text_encoder_2/model.safetensors",  # SDXL
-    "tokenizer_2/*",  # SDXL
-]
-# The model families trained and the components each one's pipeline folder must hold.
-FAMILY_COMPONENTS = {
-    "sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-    "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
-}
-POOLED_SUFFIX = ".pooled"  # the text cache's key of a caption's pooled embedding (SDXL)
+# The held-out validation loss: each held-out image at these times, with noise fixed by the image's content.
+VALIDATION_TIMES = (0.1, 0.3, 0.5, 0.7, 0.9)
+MAX_PREVIEW_PROMPTS = 8
+VAE_ENCODE_PIXELS = 8 * 512 * 512  # pixels per VAE call while caching: 8 images at 512 px, 2 at 1024 px
+
+
+def images_per_vae_call(width: int, height: int) -> int:
+    """How many images of this size the VAE encodes at once (its fp32 activations grow with the pixels)."""
+    return max(1, VAE_ENCODE_PIXELS // (width * height))
+
+
 # Fields that shape the weights or the data order: a checkpoint made with other values cannot be resumed.
 RESUME_FIELDS = (
     "base_model",
@@ -68,7 +71,12 @@ RESUME_FIELDS = (
     "gradient_accumulation",
     "resolution",
     "seed",
+    "holdout_fraction",
 )
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """The GPU ran out of memory; the message gives the run's estimate and the preset that fits the card."""
 
 
 class ConfigError(ValueError):
@@ -78,10 +86,6 @@ class ConfigError(ValueError):
         self.errors = errors
         messages = [message for field_messages in errors.values() for message in field_messages]
         super().__init__("Invalid training configuration: " + "; ".join(messages) + ".")
-
-
-class ModelUnavailable(RuntimeError):
-    """The base model (the `base_model` setting) cannot be loaded: not a local pipeline and not downloadable."""
 
 
 @dataclass
@@ -108,8 +112,17 @@ class TrainConfig:
     num_validation_images: int = 1
     compile: bool = False
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"
-    validation_steps: int = 25  # denoising steps of each validation image
-    validation_guidance: float = 7.5
+    validation_steps: int | None = None  # denoising steps of each preview; None: the family's (SD 25, schnell 4)
+    validation_guidance: float | None = None  # None: the family's usual value (SD 7.5, FLUX.1-dev 3.5, ...)
+    # Flow-matching families (FLUX, SD3, Qwen-Image, Z-Image, Chroma); SD/SDXL use snr_gamma instead.
+    timestep_density: str = "logit_normal"  # how training times are drawn: logit_normal, uniform or mode
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    loss_weighting: str = "none"  # none, sigma_sqrt or cosmap
+    timestep_shift: float | None = None  # None: the base model's scheduler (static or resolution-dependent)
+    guidance: float = 1.0  # the guidance embedding's value while training guidance-distilled models (FLUX.1-dev)
+    holdout_fraction: float = 0.1  # of the pack, set aside for evaluation (at least one image once there are 4)
 
     def __post_init__(self):
         errors: dict[str, list[str]] = {}
@@ -155,9 +168,26 @@ class TrainConfig:
         positive_int("validation_every", self.validation_every, 0)
         positive_int("checkpoint_every", self.checkpoint_every)
         positive_int("num_validation_images", self.num_validation_images)
-        positive_int("validation_steps", self.validation_steps)
-        if not _is_number(self.validation_guidance) or self.validation_guidance < 0:
+        if self.validation_steps is not None:
+            positive_int("validation_steps", self.validation_steps)
+        if self.validation_guidance is not None and (
+            not _is_number(self.validation_guidance) or self.validation_guidance < 0
+        ):
             fail("validation_guidance", f"must be a number >= 0 (got {self.validation_guidance!r})")
+        if self.timestep_density not in TIMESTEP_DENSITIES:
+            fail("timestep_density", f"must be one of {', '.join(TIMESTEP_DENSITIES)} (got {self.timestep_density!r})")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            fail("loss_weighting", f"must be one of {', '.join(LOSS_WEIGHTINGS)} (got {self.loss_weighting!r})")
+        if not _is_number(self.logit_mean):
+            fail("logit_mean", f"must be a number (got {self.logit_mean!r})")
+        for name in ("logit_std", "mode_scale", "guidance"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                fail(name, f"must be a number >= 0 (got {value!r})")
+        if not _is_number(self.holdout_fraction) or not 0 <= self.holdout_fraction <= 0.5:
+            fail("holdout_fraction", f"must be a fraction from 0 to 0.5 (got {self.holdout_fraction!r})")
+        if self.timestep_shift is not None and (not _is_number(self.timestep_shift) or self.timestep_shift <= 0):
+            fail("timestep_shift", f"must be a number > 0, or None: the base model's (got {self.timestep_shift!r})")
         if not isinstance(self.device, str) or not (
             self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:") and self.device[5:].isdigit())
         ):
@@ -175,8 +205,9 @@ def _is_number(value) -> bool:
 class Callbacks:
     on_step: Callable[[int, int, float, float], None] | None = None  # step, total, loss, images/s
     should_stop: Callable[[], bool] | None = None
-    on_validation: Callable[[int, list], None] | None = None  # step, PIL images
+    on_validation: Callable[[int, list], None] | None = None  # step, PIL images (the LoRA's previews)
     on_checkpoint: Callable[[int, Path], None] | None = None
+    on_evaluation: Callable[[dict], None] | None = None  # one evaluation record (see _Run.evaluate)
     log: Callable[[str], None] | None = None
 
 
@@ -188,9 +219,28 @@ class TrainResult:
     usage: dict[str, int] = field(default_factory=dict)
     stopped: bool = False
     losses: list[float] = field(default_factory=list)
+    family: str = ""
+    holdout_keys: list[str] = field(default_factory=list)
+    # [{step, validation_loss, metrics: {lora: {...}, base: {...}}, best}], from step 0 (the base model)
+    evaluations: list[dict] = field(default_factory=list)
+    best_step: int | None = None  # the delivered LoRA's step: the lowest held-out loss
+    kohya_lora_path: Path | None = None  # the same LoRA in the kohya / ComfyUI key format
+
+    @property
+    def validation_losses(self) -> list[tuple[int, float]]:
+        return [(e["step"], e["validation_loss"]) for e in self.evaluations if e.get("validation_loss") is not None]
 
 
 # --- base model ------------------------------------------------------------------------------------
+
+
+def hub_patterns() -> list[str]:
+    """Files fetched for a hub model id, before its family is known: every family's configs, tokenizers and
+    safetensors weights (never other formats)."""
+    patterns = []
+    for family in available_families():
+        patterns += [pattern for pattern in family.hub_patterns if pattern not in patterns]
+    return patterns
 
 
 def resolve_base_model(base_model: str) -> Path:
@@ -205,9 +255,15 @@ def resolve_base_model(base_model: str) -> Path:
         )
     from huggingface_hub import snapshot_download
 
+    patterns = hub_patterns()
     try:
         return _check_pipeline_folder(
-            Path(snapshot_download(base_model, allow_patterns=HUB_PATTERNS, local_files_only=True)), base_model
+            Path(
+                snapshot_download(
+                    base_model, allow_patterns=patterns, ignore_patterns=list(HUB_IGNORE), local_files_only=True
+                )
+            ),
+            base_model,
         )
     except ModelUnavailable:
         raise
@@ -225,7 +281,9 @@ def resolve_base_model(base_model: str) -> Path:
             f"({endpoint}) cannot be reached: set base_model to a local folder or give the worker network access."
         )
     try:
-        folder = Path(snapshot_download(base_model, allow_patterns=HUB_PATTERNS, etag_timeout=10))
+        folder = Path(
+            snapshot_download(base_model, allow_patterns=patterns, ignore_patterns=list(HUB_IGNORE), etag_timeout=10)
+        )
     except Exception as error:  # noqa: BLE001 - any hub failure means the model is unavailable
         raise ModelUnavailable(f"base_model {base_model!r} could not be downloaded: {error}") from error
     return _check_pipeline_folder(folder, base_model)
@@ -254,26 +312,8 @@ def _reachable(endpoint: str) -> bool:
 
 
 def _check_pipeline_folder(folder: Path, base_model: str) -> Path:
-    family, pipeline_class = _pipeline_family(folder, base_model)
-    missing = [name for name in FAMILY_COMPONENTS[family] if not (folder / name).is_dir()]
-    if missing:
-        what = f" is an SDXL pipeline ({pipeline_class}) but" if family == "sdxl" else ""
-        raise ModelUnavailable(f"base_model {base_model!r}: {folder}{what} lacks {', '.join(missing)}.")
+    family_of_folder(folder, base_model)
     return folder
-
-
-def _pipeline_family(folder: Path, base_model: str) -> tuple[str, str]:
-    """("sdxl" or "sd", the pipeline's class name) from the folder's model_index.json."""
-    index = folder / "model_index.json"
-    if not index.is_file():
-        raise ModelUnavailable(
-            f"base_model {base_model!r}: {folder} is not a diffusers pipeline (no model_index.json)."
-        )
-    try:
-        pipeline_class = str(json.loads(index.read_text()).get("_class_name", ""))
-    except (ValueError, AttributeError) as error:
-        raise ModelUnavailable(f"base_model {base_model!r}: {index} is not valid JSON.") from error
-    return ("sdxl" if "XL" in pipeline_class else "sd"), pipeline_class
 
 
 def _fingerprint(folder: Path, *names: str) -> str:
@@ -292,19 +332,41 @@ def _fingerprint(folder: Path, *names: str) -> str:
     return hasher.hexdigest()[:16]
 
 
+def split_holdout(samples: list[Sample], fraction: float, seed: int) -> list[int]:
+    """Indices of the held-out samples: round(fraction x n), at least one once there are 4 samples and the
+    fraction is not 0, chosen by the seed from the samples' keys (the same slice however the shards are
+    ordered), sorted."""
+    if fraction <= 0 or len(samples) < 4:
+        return []
+    count = min(max(1, round(fraction * len(samples))), len(samples) - 1)
+    keys = sorted(sample.key for sample in samples)
+    chosen = set(random.Random(f"holdout:{seed}").sample(keys, count))
+    return [index for index, sample in enumerate(samples) if sample.key in chosen]
+
+
 # --- the run ---------------------------------------------------------------------------------------
 
 
 class _Run:
-    """One call of train(): the loaded models, the cached data and the loop."""
+    """One call of train(): the family with its loaded models, the cached data and the loop."""
 
-    def __init__(self, config: TrainConfig, data_paths: list[Path], output_dir: Path, callbacks: Callbacks | None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        data_paths: list[Path],
+        output_dir: Path,
+        callbacks: Callbacks | None,
+        evaluator=None,
+    ):
         self.config = config
         self.data_paths = [Path(p) for p in data_paths]
         self.output_dir = Path(output_dir)
         self.callbacks = callbacks or Callbacks()
+        self.evaluator = evaluator
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.cache_dir = self.output_dir / "cache"
+        self.base_previews: list | None = None
+        self.base_metrics: dict | None = None
 
     def log(self, message: str) -> None:
         if self.callbacks.log:
@@ -323,16 +385,27 @@ class _Run:
         precision = config.mixed_precision if self.on_cuda else "no"
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.weight_dtype = self.autocast_dtype or torch.float32
-        self.cache_dtype = torch.float16 if self.autocast_dtype is not None else torch.float32
+        # The caches keep the autocast dtype: bf16 has fp32's range (intermediate LLM hidden states exceed fp16's).
+        self.cache_dtype = self.autocast_dtype or torch.float32
 
         self.samples = read_samples(self.data_paths)
+        self.holdout = split_holdout(self.samples, config.holdout_fraction, config.seed)
+        held = set(self.holdout)
+        self.train_indices = [index for index in range(len(self.samples)) if index not in held]
         self.base_folder = resolve_base_model(config.base_model)
-        self.family = _pipeline_family(self.base_folder, config.base_model)[0]
-        kind = " (SDXL)" if self.family == "sdxl" else ""
+        family_class = family_of_folder(self.base_folder, config.base_model)
+        if config.train_text_encoder and not family_class.text_encoder_lora_targets:
+            raise ValueError(
+                f"train_text_encoder is not offered for {family_class.label}: its LoRA trains the denoiser only."
+            )
+        self.family: Family = family_class(self.base_folder, config, self.device, self.weight_dtype)
+        self.family._log = self.log
         self.log(
-            f"Base model {config.base_model}{kind} from {self.base_folder}; {len(self.samples)} samples; {self.device}"
+            f"Base model {config.base_model} ({family_class.label}) from {self.base_folder}; "
+            f"{len(self.train_indices)} training samples, {len(self.holdout)} held out; {self.device}"
         )
-        self._load_models()
+        self.family.load()
+        self._add_lora()
         self._assign_buckets()
 
     def _device(self):
@@ -345,63 +418,23 @@ class _Run:
             raise ValueError(f"device {self.config.device!r} was asked for but no CUDA GPU is available.")
         return device
 
-    def _load_models(self) -> None:
+    def _add_lora(self) -> None:
         import torch
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
         from peft import LoraConfig
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-        config, folder = self.config, str(self.base_folder)
-        # SD has one text encoder; SDXL a second one, with a projection: its pooled embedding conditions the UNet.
-        encoder_classes = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection}
-        encoder_names = ("text_encoder", "text_encoder_2") if self.family == "sdxl" else ("text_encoder",)
-        tokenizer_names = ("tokenizer", "tokenizer_2") if self.family == "sdxl" else ("tokenizer",)
-        self.tokenizer_names = tokenizer_names
-        try:
-            self.tokenizers = [CLIPTokenizer.from_pretrained(folder, subfolder=name) for name in tokenizer_names]
-            self.text_encoders = {
-                name: encoder_classes[name].from_pretrained(folder, subfolder=name) for name in encoder_names
-            }
-            self.vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-            self.unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
-            self.noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
-        except (OSError, ValueError) as error:
-            raise ModelUnavailable(f"base_model {config.base_model!r} could not be loaded: {error}") from error
-        self.prediction_type = self.noise_scheduler.config.prediction_type
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ModelUnavailable(
-                f"base_model {config.base_model!r} predicts {self.prediction_type!r}; only epsilon and "
-                "v_prediction are supported."
+        config, family = self.config, self.family
+
+        def adapter(targets) -> LoraConfig:
+            return LoraConfig(
+                r=config.rank, lora_alpha=config.alpha, init_lora_weights="gaussian", target_modules=list(targets)
             )
-        text_encoders = list(self.text_encoders.values())
-        for module in (self.unet, self.vae, *text_encoders):
-            module.requires_grad_(False)
-        # The VAE encodes in fp32 (fp16 VAEs, SDXL's included, can overflow); the frozen UNet/text encoders take
-        # the autocast dtype.
-        self.vae.to(self.device)
-        for module in (self.unet, *text_encoders):
-            module.to(self.device) if self.weight_dtype == torch.float32 else module.to(self.device, self.weight_dtype)
 
         torch.manual_seed(config.seed)  # LoRA's gaussian init
-        self.unet.add_adapter(
-            LoraConfig(
-                r=config.rank,
-                lora_alpha=config.alpha,
-                init_lora_weights="gaussian",
-                target_modules=UNET_TARGET_MODULES,
-            )
-        )
-        self.trained_modules = {"unet": self.unet}
+        family.denoiser.add_adapter(adapter(family.lora_targets))
+        self.trained_modules = {family.denoiser_name: family.denoiser}
         if config.train_text_encoder:
-            for name, text_encoder in self.text_encoders.items():
-                text_encoder.add_adapter(
-                    LoraConfig(
-                        r=config.rank,
-                        lora_alpha=config.alpha,
-                        init_lora_weights="gaussian",
-                        target_modules=TEXT_ENCODER_TARGET_MODULES,
-                    )
-                )
+            for name, text_encoder in family.text_encoders.items():
+                text_encoder.add_adapter(adapter(family.text_encoder_lora_targets))
                 self.trained_modules[name] = text_encoder
         self.params: dict[str, Any] = {}
         for prefix, module in self.trained_modules.items():
@@ -410,26 +443,23 @@ class _Run:
                     parameter.data = parameter.data.float()  # LoRA weights train in fp32
                     self.params[f"{prefix}.{name}"] = parameter
         if config.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
-            if config.train_text_encoder:
-                for text_encoder in text_encoders:
-                    enable = getattr(text_encoder, "activation_checkpointing_enable", None)
-                    (enable or text_encoder.gradient_checkpointing_enable)()
-        vae_blocks = len(self.vae.config.block_out_channels)
-        unet_blocks = len(self.unet.config.block_out_channels)
-        self.vae_scale = 2 ** (vae_blocks - 1)
-        self.pixel_multiple = self.vae_scale * 2 ** (unet_blocks - 1)
+            family.denoiser.enable_gradient_checkpointing()
+            for name in self.trained_modules:
+                if name != family.denoiser_name:
+                    module = self.trained_modules[name]
+                    enable = getattr(module, "activation_checkpointing_enable", None)
+                    (enable or module.gradient_checkpointing_enable)()
 
     def _assign_buckets(self) -> None:
         from PIL import Image, UnidentifiedImageError
 
-        multiple = math.lcm(bucket_multiple(self.config.resolution), self.pixel_multiple)
+        multiple = math.lcm(bucket_multiple(self.config.resolution), self.family.pixel_multiple)
         self.buckets = bucket_sizes(self.config.resolution, multiple)
         self.sample_bucket: list[tuple[int, int]] = []
         self.sample_hash: list[str] = []
-        # SDXL's time ids of each sample: original (oriented) size, crop top-left, target size, each (h, w). They
-        # follow from the image's size and its bucket, as the cover-crop does: the same on every (resumed) run.
-        self.sample_time_ids: list[tuple[int, ...]] = []
+        # Each sample's geometry follows from the image's size and its bucket, as the cover-crop does: the same
+        # on every (resumed) run. SDXL conditions on it.
+        self.sample_geometry: list[ImageGeometry] = []
         for sample in self.samples:
             try:
                 with Image.open(io.BytesIO(sample.image_bytes)) as image:
@@ -440,12 +470,12 @@ class _Run:
             self.sample_bucket.append(bucket)
             self.sample_hash.append(hashlib.sha256(sample.image_bytes).hexdigest())
             _, (left, top) = _cover_box((width, height), bucket)
-            self.sample_time_ids.append((height, width, top, left, bucket[1], bucket[0]))
+            self.sample_geometry.append(ImageGeometry((height, width), (top, left), (bucket[1], bucket[0])))
 
     # --- caches
 
     def build_caches(self) -> None:
-
+        family = self.family
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         vae_id = _fingerprint(self.base_folder, "vae")
         dtype_name = str(self.cache_dtype).removeprefix("torch.")
@@ -453,39 +483,48 @@ class _Run:
         first_index = {}  # key -> a sample with that content and bucket (duplicates share one latent)
         for index, key in enumerate(keys):
             first_index.setdefault(key, index)
-        self.latents = self._cached(
-            self.cache_dir / f"latents-{vae_id}-{dtype_name}.safetensors",
+        latents = self._cached(
+            self.cache_dir / f"latents-{family.name}-{vae_id}-{dtype_name}.safetensors",
             keys,
             lambda todo: self._encode_images([first_index[key] for key in todo]),
             "latents",
         )
+        self.latents = {key: latents[key] for key in keys}
         self.latent_keys = keys
-        captions = [sample.caption for sample in self.samples]
-        if self.config.caption_dropout > 0:
-            captions.append("")
-        self.caption_keys = [hashlib.sha256(caption.encode()).hexdigest() for caption in captions]
-        self.empty_key = hashlib.sha256(b"").hexdigest()
-        by_key = dict(zip(self.caption_keys, captions, strict=True))
-        if self.config.train_text_encoder:
-            # The text encoders change while training: keep token ids (one per tokenizer), encode every step.
-            self.token_ids = {key: tuple(ids[0] for ids in self._tokenize([text])) for key, text in by_key.items()}
-            self.embeddings = {}
-        else:
-            text_id = _fingerprint(self.base_folder, *self.text_encoders, *self.tokenizer_names)
-            # SDXL caches each caption's pooled embedding too, under the caption's key + POOLED_SUFFIX.
-            suffixes = ("", POOLED_SUFFIX) if self.family == "sdxl" else ("",)
-            self.embeddings = self._cached(
-                self.cache_dir / f"text-{text_id}-{dtype_name}.safetensors",
-                [key + suffix for key in by_key for suffix in suffixes],
-                lambda todo: self._encode_captions(
-                    list(dict.fromkeys(by_key[key.removesuffix(POOLED_SUFFIX)] for key in todo))
-                ),
-                "text embeddings",
-            )
-            self.token_ids = {}
 
-    def _cached(self, path: Path, keys: list[str], compute, what: str) -> dict:
-        """{key: tensor} for `keys`: those in the cache file are read, the others computed and added."""
+        self.preview_prompts = self._preview_prompts()
+        texts = [sample.caption for sample in self.samples] + self.preview_prompts + [""]
+        self.caption_keys = [_text_key(sample.caption) for sample in self.samples]
+        self.empty_key = _text_key("")
+        by_key = {_text_key(text): text for text in texts}
+        if family.prompt_cache_tag is None:
+            items = family.encode_prompts(list(by_key.values()))
+            self.prompts = dict(zip(by_key, items, strict=True))
+        else:
+            text_parts = [c for c in family.components if c not in ("vae", "scheduler", family.denoiser_name)]
+            text_id = _fingerprint(self.base_folder, *text_parts)
+            flat = self._cached(
+                self.cache_dir / f"text-{family.name}-{family.prompt_cache_tag}-{text_id}-{dtype_name}.safetensors",
+                list(by_key),
+                lambda todo: self._encode_prompts([by_key[key] for key in todo]),
+                "prompt embeddings",
+                grouped=True,
+            )
+            self.prompts = flat
+        family.release_text_encoders()
+
+    def _preview_prompts(self) -> list[str]:
+        """The fixed prompt set of previews: the staff's prompts, then the held-out captions (or, with nothing
+        held out and no prompts given, the first captions)."""
+        prompts = list(self.config.validation_prompts)
+        prompts += [self.samples[i].caption for i in self.holdout]
+        if not prompts:
+            prompts = [sample.caption for sample in self.samples[:4]]
+        return list(dict.fromkeys(prompts))[:MAX_PREVIEW_PROMPTS]
+
+    def _cached(self, path: Path, keys: list[str], compute, what: str, *, grouped: bool = False) -> dict:
+        """{key: tensor} (grouped: {key: {field: tensor}}) for `keys`: those in the cache file are read, the
+        others computed and added. A grouped item is stored as `<key>/<field>` tensors."""
         import torch
         from safetensors.torch import load_file, save_file
 
@@ -496,19 +535,33 @@ class _Run:
             except Exception:  # noqa: BLE001 - a damaged cache is recomputed
                 self.log(f"The {what} cache {path.name} is unreadable; recomputing it.")
                 stored = {}
-        todo = [key for key in dict.fromkeys(keys) if key not in stored]
+        present = {name.split("/", 1)[0] for name in stored} if grouped else set(stored)
+        todo = [key for key in dict.fromkeys(keys) if key not in present]
         if todo:
             started = time.perf_counter()
             computed = compute(todo)
-            stored.update({key: tensor.to(self.cache_dtype).cpu().contiguous() for key, tensor in computed.items()})
+            if grouped:
+                computed = {f"{key}/{name}": tensor for key, item in computed.items() for name, tensor in item.items()}
+            stored.update({name: _cache_tensor(tensor, self.cache_dtype) for name, tensor in computed.items()})
             temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
             save_file(stored, str(temporary))
             _fsync_file(temporary)
             os.replace(temporary, path)
             self.log(f"Cached {len(todo)} {what} in {time.perf_counter() - started:.1f} s")
         else:
-            self.log(f"Reused {len(keys)} cached {what}")
-        return {key: stored[key].to(torch.float32) if not self.on_cuda else stored[key] for key in keys}
+            self.log(f"Reused {len(set(keys))} cached {what}")
+
+        def loaded(tensor):
+            return tensor.to(torch.float32) if not self.on_cuda and tensor.is_floating_point() else tensor
+
+        if not grouped:
+            return {key: loaded(stored[key]) for key in keys}
+        items: dict[str, dict] = {key: {} for key in keys}
+        for name, tensor in stored.items():
+            key, _, part = name.partition("/")
+            if key in items:
+                items[key][part] = loaded(tensor)
+        return items
 
     def _encode_images(self, indices: list[int]) -> dict:
         import numpy as np
@@ -519,11 +572,10 @@ class _Run:
         groups: dict[tuple[int, int], list[int]] = {}
         for index in indices:
             groups.setdefault(self.sample_bucket[index], []).append(index)
-        scaling = self.vae.config.scaling_factor
-        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         for size, members in groups.items():
-            for start in range(0, len(members), 8):
-                chunk = members[start : start + 8]
+            chunk_size = images_per_vae_call(*size)
+            for start in range(0, len(members), chunk_size):
+                chunk = members[start : start + chunk_size]
                 pixels = []
                 for index in chunk:
                     with Image.open(io.BytesIO(self.samples[index].image_bytes)) as image:
@@ -531,79 +583,24 @@ class _Run:
                     pixels.append(torch.from_numpy(array).permute(2, 0, 1))
                 batch = torch.stack(pixels).to(self.device, dtype=torch.float32)
                 with torch.no_grad():
-                    latents = (self.vae.encode(batch).latent_dist.mode() - shift) * scaling
+                    latents = self.family.encode_images(batch)
                 for index, latent in zip(chunk, latents, strict=True):
                     out[f"{self.sample_hash[index]}-{size[0]}x{size[1]}"] = latent
         return out
 
-    def _tokenize(self, texts: list[str]) -> list:
-        """The token ids of `texts` for each tokenizer (one for SD, two for SDXL)."""
-        return [
-            tokenizer(
-                texts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids
-            for tokenizer in self.tokenizers
-        ]
-
-    def _encode_texts(self, token_ids: list):
-        """(prompt embeddings, pooled embeddings or None) of a batch of token ids, one tensor per tokenizer.
-        SD: the text encoder's last hidden state. SDXL: both encoders' penultimate hidden states concatenated
-        on the last dimension, and text_encoder_2's projected pooled embedding (as StableDiffusionXLPipeline)."""
-        import torch
-
-        if self.family == "sd":
-            return self.text_encoders["text_encoder"](token_ids[0].to(self.device))[0], None
-        outputs = [
-            encoder(ids.to(self.device), output_hidden_states=True)
-            for encoder, ids in zip(self.text_encoders.values(), token_ids, strict=True)
-        ]
-        return torch.cat([output.hidden_states[-2] for output in outputs], dim=-1), outputs[-1].text_embeds
-
-    def _encode_captions(self, texts: list[str]) -> dict:
-        """{caption key: prompt embedding} (and {caption key + POOLED_SUFFIX: pooled embedding} for SDXL)."""
+    def _encode_prompts(self, texts: list[str]) -> dict:
         import torch
 
         out = {}
-        for start in range(0, len(texts), 32):
-            chunk = texts[start : start + 32]
+        for start in range(0, len(texts), 16):
+            chunk = texts[start : start + 16]
             with torch.no_grad(), self._autocast():
-                hidden, pooled = self._encode_texts(self._tokenize(chunk))
-            for number, text in enumerate(chunk):
-                key = hashlib.sha256(text.encode()).hexdigest()
-                out[key] = hidden[number].float()
-                if pooled is not None:
-                    out[key + POOLED_SUFFIX] = pooled[number].float()
+                items = self.family.encode_prompts(chunk)
+            for text, item in zip(chunk, items, strict=True):
+                out[_text_key(text)] = item
         return out
 
-    def _text_conditioning(self, keys: list[str]):
-        """(prompt embeddings, pooled embeddings or None) of a batch of caption keys: from the cache, or encoded
-        now (with gradients) when the text encoders train."""
-        import torch
-
-        if self.config.train_text_encoder:
-            token_ids = [torch.stack([self.token_ids[key][i] for key in keys]) for i in range(len(self.tokenizers))]
-            return self._encode_texts(token_ids)
-        hidden = torch.stack([self.embeddings[key] for key in keys]).to(self.device)
-        if self.family == "sd":
-            return hidden, None
-        return hidden, torch.stack([self.embeddings[key + POOLED_SUFFIX] for key in keys]).to(self.device)
-
-    def _added_conditions(self, indices: list[int], pooled) -> dict | None:
-        """The UNet's added conditions: none for SD; SDXL's pooled text embeddings and each sample's time ids."""
-        import torch
-
-        if self.family == "sd":
-            return None
-        time_ids = torch.tensor([self.sample_time_ids[i] for i in indices], dtype=torch.float32, device=self.device)
-        return {"text_embeds": pooled, "time_ids": time_ids}
-
     def _autocast(self):
-        import contextlib
-
         import torch
 
         if self.autocast_dtype is None:
@@ -614,18 +611,18 @@ class _Run:
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The batches of one epoch, each within one bucket, in an order that depends only on (seed, epoch).
-        A bucket's last batch is filled up with the bucket's first samples, so every batch is full."""
+        Every training sample is in exactly one batch: a bucket's last batch is smaller rather than filled up
+        with repeats, so every image is seen equally often (usage counts pay creators)."""
         rng = random.Random(f"{self.config.seed}:{epoch}")
         by_bucket: dict[tuple[int, int], list[int]] = {}
-        for index, bucket in enumerate(self.sample_bucket):
-            by_bucket.setdefault(bucket, []).append(index)
+        for index in self.train_indices:
+            by_bucket.setdefault(self.sample_bucket[index], []).append(index)
         size = self.config.batch_size
         batches = []
         for bucket in sorted(by_bucket):
             members = by_bucket[bucket][:]
             rng.shuffle(members)
-            padded = members + [members[i % len(members)] for i in range(-len(members) % size)]
-            batches.extend(padded[i : i + size] for i in range(0, len(padded), size))
+            batches.extend(members[i : i + size] for i in range(0, len(members), size))
         rng.shuffle(batches)
         return batches
 
@@ -647,11 +644,13 @@ class _Run:
         )
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
         if config.compile:
-            self.unet.compile()
+            self.family.denoiser.compile()
+
+    def _prompt_batch(self, keys: list[str]) -> dict:
+        return self.family.collate_prompts([self.prompts[key] for key in keys])
 
     def micro_batch_loss(self, indices: list[int]):
         import torch
-        import torch.nn.functional as F
 
         config = self.config
         latents = torch.stack([self.latents[self.latent_keys[i]] for i in indices]).to(self.device, torch.float32)
@@ -664,27 +663,128 @@ class _Run:
             for i, dropped in zip(indices, drop.tolist(), strict=True)
         ]
         noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), device=self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        target = (
-            noise if self.prediction_type == "epsilon" else self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        )
+        t = self.family.sample_timesteps(batch).to(self.device)
         with self._autocast():
-            hidden, pooled = self._text_conditioning(keys)
-            prediction = self.unet(
-                noisy, timesteps, hidden, added_cond_kwargs=self._added_conditions(indices, pooled)
-            ).sample
-        if config.snr_gamma is None:
-            return F.mse_loss(prediction.float(), target.float(), reduction="mean"), [
-                self.samples[i].key for i in indices
-            ]
-        from diffusers.training_utils import compute_snr
+            prompts = self._prompt_batch(keys)
+            loss = self.family.loss(latents, prompts, noise, t, [self.sample_geometry[i] for i in indices])
+        return loss.mean(), [self.samples[i].key for i in indices]
 
-        snr = compute_snr(self.noise_scheduler, timesteps)
-        weights = torch.stack([snr, config.snr_gamma * torch.ones_like(snr)], dim=1).min(dim=1)[0]
-        weights = weights / snr if self.prediction_type == "epsilon" else weights / (snr + 1)
-        loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (loss * weights).mean(), [self.samples[i].key for i in indices]
+    # --- evaluation
+
+    def validation_loss(self) -> float | None:
+        """The held-out samples' plain (unweighted) loss at VALIDATION_TIMES, each with noise seeded by the
+        image's content hash: the same numbers for the same weights, on every checkpoint and run."""
+        import torch
+
+        if not self.holdout:
+            return None
+        for module in self.trained_modules.values():
+            module.eval()
+        total, count = 0.0, 0
+        times = torch.tensor(VALIDATION_TIMES, dtype=torch.float32, device=self.device)
+        try:
+            with torch.no_grad(), self._autocast():
+                for index in self.holdout:
+                    latent = self.latents[self.latent_keys[index]].to(self.device, torch.float32)
+                    generator = torch.Generator("cpu").manual_seed(int(self.sample_hash[index][:15], 16))
+                    noise = torch.randn((len(times), *latent.shape), generator=generator).to(self.device)
+                    latents = latent.unsqueeze(0).expand(len(times), *latent.shape)
+                    prompts = self._prompt_batch([self.caption_keys[index]] * len(times))
+                    geometry = [self.sample_geometry[index]] * len(times)
+                    losses = self.family.loss(latents, prompts, noise, times, geometry, weighted=False)
+                    total += float(losses.float().sum())
+                    count += len(times)
+        finally:
+            for module in self.trained_modules.values():
+                module.train()
+        return total / count
+
+    def _set_adapters(self, enabled: bool) -> None:
+        for module in self.trained_modules.values():
+            (module.enable_adapters if enabled else module.disable_adapters)()
+
+    def previews(self, *, base: bool = False) -> list:
+        """One image per preview prompt and validation image (fixed seeds), by the family's inference pipeline:
+        with the LoRA, or with its adapters off (the base model)."""
+        import torch
+
+        config, family = self.config, self.family
+        steps = config.validation_steps or family.default_validation_steps
+        guidance = config.validation_guidance
+        if guidance is None:
+            guidance = family.default_validation_guidance
+        pipeline = family.pipeline()
+        negative = self._prompt_batch([self.empty_key])
+        for module in self.trained_modules.values():
+            module.eval()
+        if base:
+            self._set_adapters(False)
+        images = []
+        devices = [self.device.index or 0] if self.on_cuda else []
+        try:
+            with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
+                for number, prompt in enumerate(self.preview_prompts):
+                    embeddings = self._prompt_batch([_text_key(prompt)])
+                    for copy in range(config.num_validation_images):
+                        generator = torch.Generator("cpu").manual_seed(config.seed + number * 1000 + copy)
+                        images += family.generate(
+                            pipeline,
+                            embeddings,
+                            negative,
+                            height=config.resolution,
+                            width=config.resolution,
+                            steps=steps,
+                            guidance=guidance,
+                            generator=generator,
+                        )
+        finally:
+            if base:
+                self._set_adapters(True)
+            for module in self.trained_modules.values():
+                module.train()
+        return images
+
+    def _reference_images(self) -> list:
+        from PIL import Image
+
+        size = (self.config.resolution, self.config.resolution)
+        references = []
+        for index in self.holdout:
+            with Image.open(io.BytesIO(self.samples[index].image_bytes)) as image:
+                references.append(_cover_crop(image, size))
+        return references
+
+    def _image_metrics(self, images: list) -> dict:
+        if self.evaluator is None or not images:
+            return {}
+        from .evaluation import evaluate
+
+        per_prompt = self.config.num_validation_images
+        generated = {
+            prompt: images[number * per_prompt : (number + 1) * per_prompt]
+            for number, prompt in enumerate(self.preview_prompts)
+        }
+        return evaluate(generated, self._reference_images(), self.evaluator)
+
+    def evaluate(self, step: int, evaluations: list[dict], *, with_previews: bool) -> list | None:
+        """Measure the held-out loss (always) and, with previews, make the LoRA's previews (returned) and the
+        base model's (once per run), scored when an evaluator is given. Appends the record to `evaluations`."""
+        record: dict = {"step": step, "validation_loss": self.validation_loss()}
+        images = None
+        if with_previews:
+            images = self.previews()
+            if self.base_previews is None:
+                self.base_previews = self.previews(base=True)
+                self.base_metrics = self._image_metrics(self.base_previews)
+            metrics = {"lora": self._image_metrics(images), "base": self.base_metrics or {}}
+            if any(metrics.values()):
+                record["metrics"] = metrics
+        evaluations[:] = [e for e in evaluations if e["step"] != step] + [record]
+        if record["validation_loss"] is not None:
+            self.log(f"Held-out loss at step {step}: {record['validation_loss']:.5f}")
+        if self.callbacks.on_evaluation:
+            self.callbacks.on_evaluation(dict(record))
+        return images
 
     # --- checkpoints
 
@@ -740,9 +840,11 @@ class _Run:
             shutil.rmtree(final)
         os.replace(temporary, final)
         _fsync_dir(self.checkpoints_dir)
+        best = state.get("best_step")
         done = sorted(p for p in self.checkpoints_dir.glob("checkpoint-*") if p.is_dir())
         for old in done[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old, ignore_errors=True)
+            if best is None or old.name != f"checkpoint-{best:08d}":
+                shutil.rmtree(old, ignore_errors=True)
         self.log(f"Checkpoint at step {step}")
         if self.callbacks.on_checkpoint:
             self.callbacks.on_checkpoint(step, final)
@@ -751,7 +853,6 @@ class _Run:
     def load_checkpoint(self, folder: Path) -> dict:
         import numpy as np
         import torch
-        from safetensors.torch import load_file
 
         state = json.loads((folder / "state.json").read_text())
         previous = state.get("config", {})
@@ -765,12 +866,7 @@ class _Run:
                 f"The checkpoint in {folder} was made with other {', '.join(changed)}: it cannot be resumed with "
                 "these settings (use another output folder for a new run)."
             )
-        weights = load_file(str(folder / "lora.safetensors"))
-        if set(weights) != set(self.params):
-            raise ValueError(f"The checkpoint in {folder} does not hold this run's LoRA weights.")
-        with torch.no_grad():
-            for name, parameter in self.params.items():
-                parameter.copy_(weights[name].to(parameter.device, parameter.dtype))
+        self.load_weights(folder)
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device))
         self.lr_scheduler.load_state_dict(torch.load(folder / "scheduler.pt"))
         if self.scaler is not None and (folder / "scaler.pt").is_file():
@@ -786,106 +882,47 @@ class _Run:
         np.random.set_state((name, np.array(keys, dtype=np.uint32), position, has_gauss, cached))
         return state
 
+    def load_weights(self, folder: Path) -> None:
+        """The LoRA weights of a checkpoint folder into this run's parameters."""
+        import torch
+        from safetensors.torch import load_file
+
+        weights = load_file(str(folder / "lora.safetensors"))
+        if set(weights) != set(self.params):
+            raise ValueError(f"The checkpoint in {folder} does not hold this run's LoRA weights.")
+        with torch.no_grad():
+            for name, parameter in self.params.items():
+                parameter.copy_(weights[name].to(parameter.device, parameter.dtype))
+
     # --- outputs
 
-    def lora_state_dicts(self) -> dict:
-        """The keyword arguments of the pipeline's save_lora_weights: `<module>_lora_layers` and
-        `<module>_lora_adapter_metadata` for the UNet and each trained text encoder."""
-        from diffusers.utils import convert_state_dict_to_diffusers
+    def save_lora_weights(self, folder: Path) -> Path:
+        """The LoRA of every trained module, in diffusers' (peft) key format, through the family's pipeline."""
         from peft.utils import get_peft_model_state_dict
 
         layers, metadata = {}, {}
         for name, module in self.trained_modules.items():
-            layers[f"{name}_lora_layers"] = convert_state_dict_to_diffusers(
-                get_peft_model_state_dict(module, save_embedding_layers=False)
-            )
-            metadata[f"{name}_lora_adapter_metadata"] = module.peft_config["default"].to_dict()
-        return {**layers, **metadata}
-
-    def _pipeline_class(self):
-        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-        return StableDiffusionXLPipeline if self.family == "sdxl" else StableDiffusionPipeline
-
-    def save_lora_weights(self, folder: Path) -> Path:
-        parts = self.lora_state_dicts()
-        for key in parts:
-            if key.endswith("_lora_layers"):
-                parts[key] = {name: tensor.detach().float().cpu().contiguous() for name, tensor in parts[key].items()}
-        self._pipeline_class().save_lora_weights(save_directory=str(folder), safe_serialization=True, **parts)
+            state = get_peft_model_state_dict(module, save_embedding_layers=False)
+            layers[name] = {key: tensor.detach().float().cpu().contiguous() for key, tensor in state.items()}
+            metadata[name] = module.peft_config["default"].to_dict()
+        self.family.save_lora(folder, layers, metadata)
         return folder / LORA_WEIGHTS_NAME
 
-    def _validation_pipeline(self):
-        """The base pipeline of this family built from the loaded (LoRA-carrying) components."""
-        from diffusers import DPMSolverMultistepScheduler
-
-        components = dict(
-            vae=self.vae,
-            unet=self.unet,
-            scheduler=DPMSolverMultistepScheduler.from_config(self.noise_scheduler.config),
-            **self.text_encoders,
-            **dict(zip(self.tokenizer_names, self.tokenizers, strict=True)),
-        )
-        if self.family == "sdxl":
-            pipeline = self._pipeline_class()(**components, add_watermarker=False)
-        else:
-            pipeline = self._pipeline_class()(
-                **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
-            )
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
-
-    def _decode_in_fp32(self, pipeline, latents) -> list:
-        """PIL images of a pipeline's latents, decoded by the (fp32) VAE with autocast off."""
-        import torch
-
-        with torch.autocast(self.device.type, enabled=False):
-            pixels = self.vae.decode(latents.float() / self.vae.config.scaling_factor).sample
-        return pipeline.image_processor.postprocess(pixels, output_type="pil")
-
-    def validation_images(self, step: int) -> list:
-        import torch
-
-        config = self.config
-        prompts = list(config.validation_prompts) or [sample.caption for sample in self.samples[:4]]
-        pipeline = self._validation_pipeline()
-        for module in self.trained_modules.values():
-            module.eval()
-        images = []
-        devices = [self.device.index or 0] if self.on_cuda else []
-        # SDXL's VAE overflows in fp16: its pipeline stops at the latents, which are decoded outside autocast.
-        decode_in_fp32 = self.family == "sdxl"
-        try:
-            with torch.random.fork_rng(devices=devices), torch.no_grad(), self._autocast():
-                for number, prompt in enumerate(prompts):
-                    generator = torch.Generator("cpu").manual_seed(config.seed + number)
-                    output = pipeline(
-                        prompt,
-                        height=config.resolution,
-                        width=config.resolution,
-                        num_inference_steps=config.validation_steps,
-                        guidance_scale=config.validation_guidance,
-                        num_images_per_prompt=config.num_validation_images,
-                        generator=generator,
-                        output_type="latent" if decode_in_fp32 else "pil",
-                    ).images
-                    images += self._decode_in_fp32(pipeline, output) if decode_in_fp32 else output
-        finally:
-            for module in self.trained_modules.values():
-                module.train()
-        if self.callbacks.on_validation:
-            self.callbacks.on_validation(step, images)
-        return images
-
-    def write_grid(self, images: list) -> Path:
+    def write_grid(self, lora_images: list, base_images: list | None) -> Path:
+        """The previews as a grid: a row per prompt, the base model's images on the left of the LoRA's."""
         from PIL import Image
 
-        columns = self.config.num_validation_images
-        rows = math.ceil(len(images) / columns)
-        width, height = images[0].size
+        per_prompt = self.config.num_validation_images
+        rows = math.ceil(len(lora_images) / per_prompt)
+        columns = per_prompt * (2 if base_images else 1)
+        width, height = lora_images[0].size
         grid = Image.new("RGB", (columns * width, rows * height))
-        for number, image in enumerate(images):
-            grid.paste(image, ((number % columns) * width, (number // columns) * height))
+        for row in range(rows):
+            line = lora_images[row * per_prompt : (row + 1) * per_prompt]
+            if base_images:
+                line = base_images[row * per_prompt : (row + 1) * per_prompt] + line
+            for column, image in enumerate(line):
+                grid.paste(image, (column * width, row * height))
         path = self.output_dir / SAMPLES_NAME
         temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.png")
         grid.save(temporary)
@@ -896,6 +933,7 @@ class _Run:
     # --- the loop
 
     def run(self) -> TrainResult:
+        import numpy as np
         import torch
 
         config = self.config
@@ -906,32 +944,55 @@ class _Run:
         step, epoch, position = 0, 0, 0
         usage: dict[str, int] = {}
         losses: list[float] = []
+        evaluations: list[dict] = []
+        best: dict = {}
         checkpoint = self.latest_checkpoint()
         if checkpoint is not None:
             state = self.load_checkpoint(checkpoint)
             step, epoch, position = state["step"], state["epoch"], state["position"]
             usage, losses = state["usage"], state["losses"]
+            evaluations, best = state.get("evaluations", []), state.get("best", {})
             self.log(f"Resumed from {checkpoint.name} at step {step}")
         else:
             random.seed(config.seed)
-            import numpy as np
-
             np.random.seed(config.seed)
             torch.manual_seed(config.seed)
+            self.evaluate(0, evaluations, with_previews=False)  # the base model's held-out loss
         for module in self.trained_modules.values():
             module.train()
         batches = self.epoch_batches(epoch)
         saved_step = step if checkpoint is not None else -1
 
         def current_state() -> dict:
-            return {"step": step, "epoch": epoch, "position": position, "usage": usage, "losses": losses}
+            return {
+                "step": step,
+                "epoch": epoch,
+                "position": position,
+                "usage": usage,
+                "losses": losses,
+                "evaluations": evaluations,
+                "best": best,
+                "best_step": best.get("step"),
+            }
+
+        def result(**fields) -> TrainResult:
+            return TrainResult(
+                final_step=step,
+                usage=dict(usage),
+                losses=list(losses),
+                family=self.family.name,
+                holdout_keys=[self.samples[i].key for i in self.holdout],
+                evaluations=[dict(e, best=e["step"] == best.get("step")) for e in evaluations],
+                best_step=best.get("step"),
+                **fields,
+            )
 
         while step < config.max_steps:
             if self.callbacks.should_stop and self.callbacks.should_stop():
                 if saved_step != step:
                     self.save_checkpoint(current_state())
                 self.log(f"Stopped at step {step}")
-                return TrainResult(step, None, None, dict(usage), True, list(losses))
+                return result(lora_path=None, sample_grid_path=None, stopped=True)
             started = time.perf_counter()
             total_loss = 0.0
             for _ in range(config.gradient_accumulation):
@@ -959,39 +1020,117 @@ class _Run:
             step += 1
             losses.append(total_loss)
             elapsed = time.perf_counter() - started
-            images_per_second = config.batch_size * config.gradient_accumulation / max(elapsed, 1e-9)
+            images_per_second = len(keys) * config.gradient_accumulation / max(elapsed, 1e-9)
             if self.callbacks.on_step:
                 self.callbacks.on_step(step, config.max_steps, total_loss, images_per_second)
-            if config.validation_every and step % config.validation_every == 0 and step < config.max_steps:
-                self.validation_images(step)
-            if step % config.checkpoint_every == 0 or step == config.max_steps:
+            previews_due = config.validation_every and step % config.validation_every == 0 and step < config.max_steps
+            checkpoint_due = step % config.checkpoint_every == 0 or step == config.max_steps
+            if previews_due or checkpoint_due:
+                images = self.evaluate(step, evaluations, with_previews=bool(previews_due))
+                if images and self.callbacks.on_validation:
+                    self.callbacks.on_validation(step, images)
+                value = evaluations[-1]["validation_loss"]
+                if checkpoint_due and value is not None and (not best or value < best["loss"]):
+                    best = {"step": step, "loss": value}
+            if checkpoint_due:
                 self.save_checkpoint(current_state())
                 saved_step = step
 
-        lora_path = self.save_lora_weights_atomically()
-        grid_path = self.write_grid(self.validation_images(step))
-        self.log(f"Finished at step {step}: {lora_path.name}, {grid_path.name}")
-        return TrainResult(step, lora_path, grid_path, dict(usage), False, list(losses))
+        if not best:
+            best = {"step": step, "loss": None}
+        if best["step"] != step:  # deliver the lowest held-out loss: its checkpoint's weights
+            self.load_weights(self.checkpoints_dir / f"checkpoint-{best['step']:08d}")
+            self.log(f"Delivering the weights of step {best['step']}: the lowest held-out loss")
+        lora_path, kohya_path = self.save_lora_weights_atomically()
+        images = self.previews()
+        if self.base_previews is None:
+            self.base_previews = self.previews(base=True)
+            self.base_metrics = self._image_metrics(self.base_previews)
+        metrics = {"lora": self._image_metrics(images), "base": self.base_metrics or {}}
+        delivered = next(e for e in evaluations if e["step"] == best["step"])
+        if any(metrics.values()):
+            delivered["metrics"] = metrics
+        if self.callbacks.on_validation:
+            self.callbacks.on_validation(step, images)
+        grid_path = self.write_grid(images, self.base_previews)
+        self.log(f"Finished at step {step}: {lora_path.name} (step {best['step']}), {grid_path.name}")
+        return result(lora_path=lora_path, sample_grid_path=grid_path, kohya_lora_path=kohya_path)
 
-    def save_lora_weights_atomically(self) -> Path:
+    def save_lora_weights_atomically(self) -> tuple[Path, Path | None]:
+        """The delivered LoRA in diffusers' format and its kohya / ComfyUI twin (None when some module has no
+        kohya name), both written in a temporary folder and renamed into place."""
+        from .lora_formats import UnsupportedLora, write_kohya_lora
+
         temporary = self.output_dir / f".lora-{uuid.uuid4().hex[:8]}"
         temporary.mkdir()
         try:
             written = self.save_lora_weights(temporary)
-            _fsync_file(written)
+            try:
+                kohya = write_kohya_lora(
+                    written,
+                    self.family.name,
+                    rank=self.config.rank,
+                    alpha=self.config.alpha,
+                    base_model=self.config.base_model,
+                    denoiser_config=dict(self.family.denoiser.config),
+                )
+            except UnsupportedLora as error:
+                self.log(f"No kohya-format copy: {error}")
+                kohya = None
             final = self.output_dir / LORA_WEIGHTS_NAME
-            os.replace(written, final)
+            final_kohya = self.output_dir / kohya.name if kohya else None
+            for source, target in ((written, final), (kohya, final_kohya)):
+                if source is not None:
+                    _fsync_file(source)
+                    os.replace(source, target)
             _fsync_dir(self.output_dir)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
-        return final
+        return final, final_kohya
 
 
 def train(
-    config: TrainConfig, data_paths: list[Path], output_dir: Path, *, callbacks: Callbacks | None = None
+    config: TrainConfig,
+    data_paths: list[Path],
+    output_dir: Path,
+    *,
+    callbacks: Callbacks | None = None,
+    evaluator=None,
 ) -> TrainResult:
-    """Train a LoRA on the samples of `data_paths` into `output_dir`, resuming from its latest checkpoint."""
-    return _Run(config, data_paths, output_dir, callbacks).run()
+    """Train a LoRA on the samples of `data_paths` into `output_dir`, resuming from its latest checkpoint.
+    `evaluator`: an image/text feature model (see evaluation.py) that scores the previews; None: not scored."""
+    import torch
+
+    run = _Run(config, data_paths, output_dir, callbacks, evaluator)
+    try:
+        return run.run()
+    except torch.OutOfMemoryError as error:
+        raise TrainingOutOfMemory(_out_of_memory_message(run, error)) from error
+    finally:
+        del run
+        gc.collect()
+
+
+def gpu_memory_gb(device) -> float | None:
+    """The GPU's memory in GB (2^30 bytes, as cards are sold), None off CUDA."""
+    import torch
+
+    if getattr(device, "type", None) != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 2**30
+
+
+def _out_of_memory_message(run: _Run, error) -> str:
+    from .memory import out_of_memory_message
+
+    family = getattr(run, "family", None)
+    gpu_gb = gpu_memory_gb(getattr(run, "device", None))
+    if family is None or gpu_gb is None:
+        return f"Out of memory: {error}"
+    try:
+        return out_of_memory_message(run.base_folder, family.name, run.config, round(gpu_gb))
+    except Exception as estimate_error:  # noqa: BLE001 - the estimate is advice; the OOM is the failure
+        return f"Out of memory: {error} (no estimate: {estimate_error})"
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -1024,6 +1163,16 @@ def _cover_crop(image, size: tuple[int, int]):
     return resized.crop((left, top, left + width, top + height))
 
 
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _cache_tensor(tensor, dtype):
+    """A tensor as the cache stores it: floating point in the cache dtype, others (token ids, masks) as they are."""
+    tensor = tensor.detach()
+    return (tensor.to(dtype) if tensor.is_floating_point() else tensor).cpu().contiguous()
+
+
 def _jsonable(value):
     return json.loads(json.dumps(value, default=str))
 
@@ -1048,6 +1197,7 @@ def _fsync_dir(path: Path) -> None:
 
 __all__ = [
     "Callbacks",
+    "Family",
     "ConfigError",
     "ModelUnavailable",
     "Sample",

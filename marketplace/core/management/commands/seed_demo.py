@@ -103,9 +103,14 @@ class Command(BaseCommand):
 
     def _demo_base_model(self) -> None:
         from marketplace.core import demo_models
+        from training.engine.families import FAMILY_MODULES
 
         folder = demo_models.build_demo_base_model()
         self.stdout.write(f"Demo base model for training (a tiny Stable Diffusion): {folder}")
+        others = [family for family in FAMILY_MODULES if family != "sd"]
+        for family in others:  # a run of every family can be tried on the demo pack, on the CPU
+            demo_models.build_demo_model(family)
+        self.stdout.write(f"Tiny base models of the other families ({', '.join(others)}) beside it.")
 
     def _user(self, username, password, *, creator, buyer, staff) -> User:
         user = User.objects.filter(username=username).first()

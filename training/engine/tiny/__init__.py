@@ -1,6 +1,8 @@
-"""Tiny Stable Diffusion 1.x-style and SDXL-style pipelines built offline from small configs (random weights).
+"""Tiny pipelines of every trained family, built offline from small configs (random weights).
 
-They are saved with the pipeline's `save_pretrained`, so the engine loads them through the same
+This module holds Stable Diffusion 1.x and SDXL; each other family's builder is `tiny/<family>.py`, exposing
+`build(folder, *, seed=0, variant=None) -> Path` (use `build_tiny(family, folder)`). They are saved with the
+pipeline's `save_pretrained`, so the engine loads them through the same
 `from_pretrained(folder)` path as a real base model. Used by the demo run and the tests: they train on a
 2-core CPU at a few steps per second at 64 px.
 """
@@ -14,7 +16,7 @@ import shutil
 import uuid
 from pathlib import Path
 
-from .tokenizer import END_TOKEN, MODEL_MAX_LENGTH, START_TOKEN, VOCAB_SIZE, write_clip_tokenizer_files
+from ..tokenizer import END_TOKEN, MODEL_MAX_LENGTH, START_TOKEN, VOCAB_SIZE, write_clip_tokenizer_files
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 SDXL_COMPONENTS = (*COMPONENTS, "text_encoder_2", "tokenizer_2")
@@ -85,17 +87,16 @@ def _tiny_text_config(tokenizer):
     )
 
 
-def _build_atomically(folder: Path, marker: dict, make_pipeline) -> Path:
-    """Save `make_pipeline(tokenizer)` into `folder` with `marker`; the folder appears complete or not at all:
-    the pipeline is saved into a sibling temporary folder which is then renamed into place."""
-    from transformers import CLIPTokenizer
-
+def build_atomically(folder: Path, marker: dict, make_pipeline) -> Path:
+    """Save `make_pipeline(scratch)` into `folder` with `marker` (version, family, seed...); the folder appears
+    complete or not at all: the pipeline is saved into a sibling temporary folder which is then renamed into
+    place. `scratch` is a temporary folder the maker may write tokenizer files into (and load them from)."""
+    folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        write_clip_tokenizer_files(scratch / "tokenizer-src")
-        tokenizer = CLIPTokenizer.from_pretrained(str(scratch / "tokenizer-src"))
-        pipeline = make_pipeline(tokenizer)
+        scratch.mkdir()
+        pipeline = make_pipeline(scratch)
         target = scratch / "pipeline"
         pipeline.save_pretrained(str(target), safe_serialization=True)
         (target / _MARKER).write_text(json.dumps(marker))
@@ -105,6 +106,39 @@ def _build_atomically(folder: Path, marker: dict, make_pipeline) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return folder
+
+
+def is_built(folder: Path, components: tuple[str, ...], version: int, family: str) -> bool:
+    """Whether `folder` holds a complete tiny pipeline of `family` at `version` (no model library import)."""
+    return _is_complete(Path(folder), components, version, family)
+
+
+def clip_tokenizer(scratch: Path):
+    """The CLIP tokenizer rebuilt from open_clip's vocabulary, loaded from files under `scratch`."""
+    from transformers import CLIPTokenizer
+
+    write_clip_tokenizer_files(scratch / "tokenizer-src")
+    return CLIPTokenizer.from_pretrained(str(scratch / "tokenizer-src"))
+
+
+def _build_atomically(folder: Path, marker: dict, make_pipeline) -> Path:
+    """build_atomically with the CLIP tokenizer handed to `make_pipeline(tokenizer)` (SD and SDXL)."""
+    return build_atomically(folder, marker, lambda scratch: make_pipeline(clip_tokenizer(scratch)))
+
+
+def build_tiny(family: str, folder: Path, *, seed: int = 0, variant: str | None = None) -> Path:
+    """Build (or reuse) the tiny pipeline of `family` ("sd", "sdxl", or a module of this package) in `folder`."""
+    import importlib
+
+    if family == "sd":
+        return build_tiny_pipeline(folder, seed=seed)
+    if family == "sdxl":
+        return build_tiny_sdxl_pipeline(folder, seed=seed)
+    try:
+        module = importlib.import_module(f"{__name__}.{family}")
+    except ModuleNotFoundError as error:
+        raise ValueError(f"No tiny pipeline of the family {family!r}.") from error
+    return module.build(folder, seed=seed, variant=variant)
 
 
 def is_tiny_pipeline_built(folder: Path) -> bool:
