@@ -51,12 +51,16 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# A checkout of diffusers: bench/train.py runs its training scripts as the baseline.
+DIFFUSERS ?= var/diffusers
+
 bench: install
 	$(PY) bench/ingest.py
 	$(PY) bench/dedup.py
 	$(PY) bench/embed.py
 	$(PY) bench/export.py
-	$(PY) bench/train.py
+	@test -d "$(DIFFUSERS)/examples/dreambooth" || { echo "bench/train.py compares with diffusers' own training scripts: git clone --depth 1 https://github.com/huggingface/diffusers $(DIFFUSERS)"; exit 1; }
+	$(PY) bench/train.py --diffusers "$(DIFFUSERS)"
 
 clean:
 	rm -rf var/ .pytest_cache

@@ -15,7 +15,7 @@ its own subprocess (fresh allocator, its own peak memory) on the same base pipel
              --pre_compute_text_embeddings), one instance prompt (so it encodes the prompt once and frees the
              text encoders, as ours does), --lora_layers set to our family's LoRA targets (the same trained
              modules), the same rank (alpha = rank), batch size, learning rate, constant schedule, seed,
-             mixed precision, resolution and gradient checkpointing.
+             mixed precision, resolution, gradient checkpointing and T5 sequence length (FLUX.1, SD3).
 
 Images: N square crops of real photographs (marketplace.core.photos) at the resolution, JPEG quality 90,
 written as an instance folder (the script's input) and as one WebDataset shard whose captions are the same
@@ -67,7 +67,11 @@ SCRIPTS = {
     "sdxl": ("train_dreambooth_lora_sdxl.py", []),
     "flux": ("train_dreambooth_lora_flux.py", ["--cache_latents", "--guidance_scale=1.0"]),
     "sd3": ("train_dreambooth_lora_sd3.py", ["--cache_latents"]),
-    "flux2": ("train_dreambooth_lora_flux2_klein.py", ["--cache_latents"]),
+    # The script's default Qwen3 layers (10, 20, 30) may differ from the installed pipeline's: use the pipeline's.
+    "flux2": (
+        "train_dreambooth_lora_flux2_klein.py",
+        ["--cache_latents", "--text_encoder_out_layers", "9", "18", "27"],
+    ),
     "qwen_image": ("train_dreambooth_lora_qwen_image.py", ["--cache_latents"]),
     "z_image": ("train_dreambooth_lora_z_image.py", ["--cache_latents"]),
 }
@@ -206,6 +210,23 @@ def build_sd35_medium(folder: Path) -> Path:
     return folder
 
 
+def t5_tokens(family: str, base: Path) -> int | None:
+    """The T5 sequence length our engine trains FLUX.1 / SD3 with on this base (the variant's length, capped by
+    the tokenizer's): the script is given the same, since its defaults differ (FLUX 512, SD3 77 where the SD3
+    pipeline infers at 256) and text tokens are most of a tiny model's sequence."""
+    from training.engine.families import family_class
+
+    tokenizer = {"flux": "tokenizer_2", "sd3": "tokenizer_3"}.get(family)
+    if tokenizer is None:
+        return None
+    limit = json.loads((base / tokenizer / "tokenizer_config.json").read_text()).get("model_max_length", 512)
+    if family == "sd3":
+        return min(family_class("sd3").max_sequence_length, limit)
+    transformer = json.loads((base / "transformer" / "config.json").read_text())
+    variant = family_class("flux").DEV if transformer.get("guidance_embeds") else family_class("flux").SCHNELL
+    return min(variant["max_sequence_length"], limit)
+
+
 def build_base(family: str, folder: Path, gpu_model: str | None) -> Path:
     if gpu_model == "sd3-medium":
         if family != "sd3":
@@ -318,6 +339,8 @@ def child(spec: dict) -> dict:
             argv.append(f"--lora_layers={','.join(spec['lora_targets'])}")
         if spec["gradient_checkpointing"]:
             argv.append("--gradient_checkpointing")
+        if spec["t5_tokens"]:
+            argv.append(f"--max_sequence_length={spec['t5_tokens']}")
         sys.argv = argv
         runpy.run_path(str(Path(spec["diffusers"]) / "examples" / "dreambooth" / script), run_name="__main__")
     return clock.report()
@@ -362,6 +385,7 @@ def bench_family(family: str, args, scratch: Path) -> dict:
         "gradient_checkpointing": args.gradient_checkpointing,
         "compile": args.compile,
         "lora_targets": list(family_class(family).lora_targets),
+        "t5_tokens": t5_tokens(family, base),
     }
     best: dict[str, dict] = {}
     for round_number in range(args.rounds):
