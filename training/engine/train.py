@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from .data import Sample, bucket_multiple, bucket_sizes, nearest_bucket, read_samples
+from .distributed import Processes
 from .families import Family, ImageGeometry, ModelUnavailable, available_families, family_of_folder
 from .families.base import HUB_IGNORE
 from .families.flow import LOSS_WEIGHTINGS, TIMESTEP_DENSITIES
@@ -361,7 +362,9 @@ class _Run:
         self.config = config
         self.data_paths = [Path(p) for p in data_paths]
         self.output_dir = Path(output_dir)
-        self.callbacks = callbacks or Callbacks()
+        self.processes = Processes()
+        # Process 0 reports (progress, previews, checkpoints, stop requests); the others only train.
+        self.callbacks = (callbacks or Callbacks()) if self.processes.main else Callbacks()
         self.evaluator = evaluator
         self.checkpoints_dir = self.output_dir / "checkpoints"
         self.cache_dir = self.output_dir / "cache"
@@ -411,6 +414,8 @@ class _Run:
     def _device(self):
         import torch
 
+        if self.processes.device is not None and self.config.device in ("auto", "cuda"):
+            return self.processes.device  # one GPU per process
         if self.config.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         device = torch.device(self.config.device)
@@ -788,15 +793,25 @@ class _Run:
 
     # --- checkpoints
 
-    def latest_checkpoint(self) -> Path | None:
+    def latest_checkpoint(self, *, tidy: bool = True) -> Path | None:
+        """The newest complete checkpoint; `tidy`: first remove half-written ones (process 0 only)."""
         if not self.checkpoints_dir.is_dir():
             return None
-        for stale in self.checkpoints_dir.glob(".tmp-*"):
+        for stale in self.checkpoints_dir.glob(".tmp-*") if tidy else ():
             shutil.rmtree(stale, ignore_errors=True)
         done = sorted(p for p in self.checkpoints_dir.glob("checkpoint-*") if (p / "state.json").is_file())
         return done[-1] if done else None
 
-    def save_checkpoint(self, state: dict) -> Path:
+    def save_checkpoint(self, state: dict) -> Path | None:
+        """Written by process 0 (the weights are the same in every process); the others wait for it."""
+        if not self.processes.main:
+            self.processes.wait()
+            return None
+        final = self._write_checkpoint(state)
+        self.processes.wait()
+        return final
+
+    def _write_checkpoint(self, state: dict) -> Path:
         import numpy as np
         import torch
         from safetensors.torch import save_file
@@ -936,39 +951,49 @@ class _Run:
         import numpy as np
         import torch
 
-        config = self.config
+        config, processes = self.config, self.processes
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.setup()
-        self.build_caches()
+        # Process 0 computes the caches (and tidies the checkpoints) first; the others then read them.
+        for turn in (True, False):
+            if processes.main == turn:
+                self.build_caches()
+                checkpoint = self.latest_checkpoint(tidy=processes.main)
+            processes.wait()
         self.build_optimizer()
         step, epoch, position = 0, 0, 0
-        usage: dict[str, int] = {}
+        usage: dict[str, int] = {}  # this process's counts since the start (process 0: plus those resumed)
         losses: list[float] = []
         evaluations: list[dict] = []
         best: dict = {}
-        checkpoint = self.latest_checkpoint()
         if checkpoint is not None:
             state = self.load_checkpoint(checkpoint)
             step, epoch, position = state["step"], state["epoch"], state["position"]
-            usage, losses = state["usage"], state["losses"]
+            usage = state["usage"] if processes.main else {}
+            losses = state["losses"]
             evaluations, best = state.get("evaluations", []), state.get("best", {})
+            if not processes.main:  # its RNG is not checkpointed: a fresh stream per process and step
+                torch.manual_seed(config.seed + 7919 * processes.rank + step)
             self.log(f"Resumed from {checkpoint.name} at step {step}")
         else:
             random.seed(config.seed)
             np.random.seed(config.seed)
-            torch.manual_seed(config.seed)
-            self.evaluate(0, evaluations, with_previews=False)  # the base model's held-out loss
+            torch.manual_seed(config.seed + 7919 * processes.rank)  # each process its own noise
+            if processes.main:
+                self.evaluate(0, evaluations, with_previews=False)  # the base model's held-out loss
+            processes.wait()
         for module in self.trained_modules.values():
             module.train()
         batches = self.epoch_batches(epoch)
         saved_step = step if checkpoint is not None else -1
 
         def current_state() -> dict:
+            """The resumable state; a collective call (the usage counts are summed over the processes)."""
             return {
                 "step": step,
                 "epoch": epoch,
                 "position": position,
-                "usage": usage,
+                "usage": processes.summed_counts(usage),
                 "losses": losses,
                 "evaluations": evaluations,
                 "best": best,
@@ -978,7 +1003,7 @@ class _Run:
         def result(**fields) -> TrainResult:
             return TrainResult(
                 final_step=step,
-                usage=dict(usage),
+                usage=processes.summed_counts(usage),
                 losses=list(losses),
                 family=self.family.name,
                 holdout_keys=[self.samples[i].key for i in self.holdout],
@@ -988,25 +1013,31 @@ class _Run:
             )
 
         while step < config.max_steps:
-            if self.callbacks.should_stop and self.callbacks.should_stop():
+            stop = bool(self.callbacks.should_stop and self.callbacks.should_stop())
+            if processes.agree(stop):
                 if saved_step != step:
                     self.save_checkpoint(current_state())
                 self.log(f"Stopped at step {step}")
                 return result(lora_path=None, sample_grid_path=None, stopped=True)
             started = time.perf_counter()
-            total_loss = 0.0
+            total_loss, seen = 0.0, 0
             for _ in range(config.gradient_accumulation):
-                if position >= len(batches):
-                    epoch, position = epoch + 1, 0
-                    batches = self.epoch_batches(epoch)
-                indices = batches[position]
-                position += 1
+                # Every process walks the same batch order; of each run of `world` batches, process r takes the r-th.
+                for rank in range(processes.world):
+                    if position >= len(batches):
+                        epoch, position = epoch + 1, 0
+                        batches = self.epoch_batches(epoch)
+                    if rank == processes.rank:
+                        indices = batches[position]
+                    position += 1
                 loss, keys = self.micro_batch_loss(indices)
                 scaled = loss / config.gradient_accumulation
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 total_loss += loss.item() / config.gradient_accumulation
+                seen += len(keys)
                 for key in keys:
                     usage[key] = usage.get(key, 0) + 1
+            processes.average_gradients(self.params.values())
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(list(self.params.values()), MAX_GRAD_NORM)
@@ -1018,14 +1049,15 @@ class _Run:
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             step += 1
+            total_loss = processes.mean(total_loss)
             losses.append(total_loss)
             elapsed = time.perf_counter() - started
-            images_per_second = len(keys) * config.gradient_accumulation / max(elapsed, 1e-9)
+            images_per_second = seen * processes.world / max(elapsed, 1e-9)
             if self.callbacks.on_step:
                 self.callbacks.on_step(step, config.max_steps, total_loss, images_per_second)
             previews_due = config.validation_every and step % config.validation_every == 0 and step < config.max_steps
             checkpoint_due = step % config.checkpoint_every == 0 or step == config.max_steps
-            if previews_due or checkpoint_due:
+            if (previews_due or checkpoint_due) and processes.main:
                 images = self.evaluate(step, evaluations, with_previews=bool(previews_due))
                 if images and self.callbacks.on_validation:
                     self.callbacks.on_validation(step, images)
@@ -1036,6 +1068,11 @@ class _Run:
                 self.save_checkpoint(current_state())
                 saved_step = step
 
+        usage = processes.summed_counts(usage)  # every process's, before process 0 goes on alone
+        processes = self.processes.alone()  # what follows sums nothing more
+        if not self.processes.main:  # process 0 delivers the outputs; the others wait for it
+            self.processes.wait()
+            return result(lora_path=None, sample_grid_path=None)
         if not best:
             best = {"step": step, "loss": None}
         if best["step"] != step:  # deliver the lowest held-out loss: its checkpoint's weights
@@ -1054,6 +1091,7 @@ class _Run:
             self.callbacks.on_validation(step, images)
         grid_path = self.write_grid(images, self.base_previews)
         self.log(f"Finished at step {step}: {lora_path.name} (step {best['step']}), {grid_path.name}")
+        self.processes.wait()
         return result(lora_path=lora_path, sample_grid_path=grid_path, kohya_lora_path=kohya_path)
 
     def save_lora_weights_atomically(self) -> tuple[Path, Path | None]:
