@@ -34,9 +34,6 @@ class Processes:
         alone.world, alone.rank, alone.state = 1, 0, None
         return alone
 
-    def alone(self) -> Processes:
-        return Processes.single()
-
     def agree(self, flag: bool) -> bool:
         """Process 0's decision (to stop), the same in every process."""
         if self.world == 1:

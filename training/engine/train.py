@@ -1069,7 +1069,7 @@ class _Run:
                 saved_step = step
 
         usage = processes.summed_counts(usage)  # every process's, before process 0 goes on alone
-        processes = self.processes.alone()  # what follows sums nothing more
+        processes = Processes.single()  # result() below sums nothing more
         if not self.processes.main:  # process 0 delivers the outputs; the others wait for it
             self.processes.wait()
             return result(lora_path=None, sample_grid_path=None)
