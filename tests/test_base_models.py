@@ -294,7 +294,7 @@ def test_the_launch_page_lists_base_models_with_family_licence_and_commercial_us
     assert '<td class="commercial">no</td>' in rows["flux1-dev"]
     assert '<td class="commercial">yes</td>' in rows["flux1-schnell"]
     assert "FLUX.1 [dev] Non-Commercial License" in rows["flux1-dev"]
-    assert "https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md" in rows["flux1-dev"]
+    assert f'href="{registry.get("flux1-dev").licence.url}"' in rows["flux1-dev"]  # the licence text is linked
     assert "yes, for organisations and individuals with under USD 1M" in rows["sd35-medium"]
     assert "<code>/srv/models/sdxl</code>" in rows["sdxl"] and "(configured)" in rows["sdxl"]
     assert "<td>flux2</td>" in rows["flux2-klein-4b"] and "Apache License 2.0" in rows["flux2-klein-4b"]
@@ -320,7 +320,7 @@ def test_the_model_card_states_both_licences_and_when_outputs_may_be_used_commer
     )
     assert "Base model licence (FLUX.1 \\[dev\\]):" in licences
     assert "- Licence: FLUX.1 \\[dev\\] Non-Commercial License (`LicenseRef-FLUX.1-dev-Non-Commercial`)" in licences
-    assert "- Text: https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md" in licences
+    assert f"- Text: {registry.get('flux1-dev').licence.url}" in licences
     assert "- Commercial use: not allowed" in licences and "Pack licence:" in licences
     assert "- Use: Non-commercial research" in licences and str(research_licence.pk) in licences
     assert "- Base model: FLUX.1 \\[dev\\] (`flux1-dev`, the flux family)" in dev and "LoRA on the transformer" in dev

@@ -70,6 +70,28 @@ def _tiny_vae(**overrides):
     )
 
 
+def tiny_latent16_vae(*, scaling_factor: float, shift_factor: float):
+    """The 16-channel, 8x-downscaling VAE of FLUX.1, SD3 and Z-Image in miniature (no quant convs), with the real
+    model's shift and scaling factors."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 16, 16],
+        layers_per_block=1,
+        latent_channels=16,
+        norm_num_groups=8,
+        sample_size=64,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        scaling_factor=scaling_factor,
+        shift_factor=shift_factor,
+    )
+
+
 def _tiny_text_config(tokenizer):
     from transformers import CLIPTextConfig
 

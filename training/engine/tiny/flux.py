@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from ..tokenizer import build_t5_tokenizer
-from . import _seeded, _tiny_text_config, build_atomically, clip_tokenizer, is_built
+from . import _seeded, _tiny_text_config, build_atomically, clip_tokenizer, is_built, tiny_latent16_vae
 
 FAMILY = "flux"
 COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -33,23 +33,8 @@ SCHEDULER_SHIFT = {  # FLUX.1-schnell's and FLUX.1-dev's scheduler configs (besi
 
 def tiny_vae():
     """FLUX.1's VAE in miniature: 16 latent channels, 8x downscale, no quant convs, its shift/scaling factors."""
-    from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 16, 16],
-        layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
-        norm_num_groups=8,
-        sample_size=64,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=0.3611,  # FLUX.1's VAE
-        shift_factor=0.1159,
-    )
+    return tiny_latent16_vae(scaling_factor=0.3611, shift_factor=0.1159)  # FLUX.1's VAE
 
 
 def tiny_t5(tokenizer):

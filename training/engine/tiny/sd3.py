@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from ..tokenizer import END_TOKEN, MODEL_MAX_LENGTH, START_TOKEN, VOCAB_SIZE, build_t5_tokenizer
-from . import _seeded, build_atomically, clip_tokenizer, is_built
+from . import _seeded, build_atomically, clip_tokenizer, is_built, tiny_latent16_vae
 
 FAMILY = "sd3"
 COMPONENTS = (
@@ -76,7 +76,6 @@ def build(folder: Path, *, seed: int = 0, variant: str | None = None) -> Path:
 
     def make(scratch: Path):
         from diffusers import (
-            AutoencoderKL,
             FlowMatchEulerDiscreteScheduler,
             SD3Transformer2DModel,
             StableDiffusion3Pipeline,
@@ -101,21 +100,7 @@ def build(folder: Path, *, seed: int = 0, variant: str | None = None) -> Path:
                 qk_norm="rms_norm",
                 dual_attention_layers=(0,) if variant == "medium" else (),
             )
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4,
-                block_out_channels=[8, 16, 16, 16],
-                layers_per_block=1,
-                latent_channels=LATENT_CHANNELS,
-                norm_num_groups=8,
-                sample_size=64,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-                scaling_factor=1.5305,  # SD3.5's VAE
-                shift_factor=0.0609,
-            )
+            vae = tiny_latent16_vae(scaling_factor=1.5305, shift_factor=0.0609)  # SD3.5's VAE
             text_encoder = CLIPTextModelWithProjection(_clip_config(tokenizer, CLIP_L_WIDTH))
             text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer, CLIP_G_WIDTH))
             text_encoder_3 = T5EncoderModel(

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..tokenizer import build_qwen_tokenizer
-from . import _seeded, build_atomically, is_built
+from . import _seeded, build_atomically, is_built, tiny_latent16_vae
 
 FAMILY = "z_image"
 COMPONENTS = ("transformer", "vae", "scheduler", "text_encoder", "tokenizer")
@@ -30,7 +30,7 @@ def build(folder: Path, *, seed: int = 0, variant: str | None = None) -> Path:
         return folder
 
     def make(scratch: Path):
-        from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
         from transformers import Qwen3Config, Qwen3Model
 
         tokenizer = build_qwen_tokenizer(scratch / "qwen-src", max_length=512)
@@ -51,21 +51,7 @@ def build(folder: Path, *, seed: int = 0, variant: str | None = None) -> Path:
                 axes_dims=[8, 4, 4],  # sums to the head width, 32 / 2
                 axes_lens=[1024, 64, 64],  # caption positions (up to 512 tokens) come first on axis 0
             )
-            vae = AutoencoderKL(
-                in_channels=3,
-                out_channels=3,
-                down_block_types=["DownEncoderBlock2D"] * 4,
-                up_block_types=["UpDecoderBlock2D"] * 4,
-                block_out_channels=[8, 16, 16, 16],
-                layers_per_block=1,
-                latent_channels=LATENT_CHANNELS,
-                norm_num_groups=8,
-                sample_size=64,
-                use_quant_conv=False,
-                use_post_quant_conv=False,
-                scaling_factor=0.3611,  # the FLUX VAE's, which Z-Image uses
-                shift_factor=0.1159,
-            )
+            vae = tiny_latent16_vae(scaling_factor=0.3611, shift_factor=0.1159)  # the FLUX VAE's, which Z-Image uses
             text_encoder = Qwen3Model(
                 Qwen3Config(
                     vocab_size=len(tokenizer),
